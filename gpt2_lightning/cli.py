@@ -1,0 +1,90 @@
+"""The `gpt2-lightning` command: `generate` text from a checkpoint, `download` OpenAI's weights."""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from gpt2_lightning.checkpoints import HUB_MODELS, CheckpointError, download
+from gpt2_lightning.model import GPT
+from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` → cuda, else mps, else cpu; any other name is taken as it is."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    device = pick_device(args.device)
+    model = GPT.from_pretrained(args.checkpoint).to(device)
+    tokenizer = get_tokenizer()
+    prompt_ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [EOT_ID]
+    input_ids = torch.tensor([prompt_ids], device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    for sample in range(args.num_samples):
+        if sample:
+            print("\n" + "-" * 40)
+        print(args.prompt, end="", flush=True)
+        # A character may span several tokens: decode bytes incrementally and print whole characters only.
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stream = model.generate_stream(
+            input_ids,
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            eos_token_id=EOT_ID,
+            generator=generator,
+        )
+        for token in stream:
+            if token.item() == EOT_ID:
+                break
+            print(text.decode(tokenizer.decode_single_token_bytes(token.item())), end="", flush=True)
+        print(text.decode(b"", final=True))
+
+
+def run_download(args: argparse.Namespace) -> None:
+    path = download(args.name, args.dir)
+    print(f"{args.name}: config.json and model.safetensors in {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpt2-lightning", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="continue a prompt, printing the text as it is produced")
+    gen.add_argument("--checkpoint", default="gpt2", help="hub id (gpt2, gpt2-medium, ...) or an HF-format directory")
+    gen.add_argument("--prompt", default="Hello, I'm a language model,")
+    gen.add_argument("--max-new-tokens", type=int, default=100)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 is greedy decoding")
+    gen.add_argument("--top-k", type=int, default=200)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=1337)
+    gen.add_argument("--num-samples", type=int, default=1)
+    gen.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    gen.set_defaults(run=run_generate)
+
+    dl = commands.add_parser("download", help="fetch OpenAI's GPT-2 weights from the Hugging Face Hub")
+    dl.add_argument("name", help=f"one of {', '.join(HUB_MODELS)} or a hub repo id owner/name")
+    dl.add_argument("--dir", default=None, help="target directory (default: checkpoints/<name>)")
+    dl.set_defaults(run=run_download)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (CheckpointError, ValueError) as err:
+        sys.exit(f"gpt2-lightning {args.command}: error: {err}")

@@ -1,0 +1,330 @@
+"""GPT-2, written out by hand.
+
+Single-device model code: no Lightning, no torch.distributed. Parameter names follow OpenAI's / transformers'
+GPT-2 (`transformer.wte`, `transformer.h.N.attn.c_attn`, ...) so that loading the released checkpoints is a
+transpose and nothing more (see `gpt2_lightning.checkpoints`).
+
+References: Radford et al. 2019, "Language Models are Unsupervised Multitask Learners";
+nanoGPT (https://github.com/karpathy/nanoGPT) for the layout.
+
+Shape legend used in comments: B batch, T new positions, S cached + new positions, C n_embd,
+nh n_head, hs head size (C // nh), V vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Published GPT-2 sizes: name -> (n_layer, n_head, n_embd). Everything else is shared.
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "gpt2": (12, 12, 768),
+    "gpt2-medium": (24, 16, 1024),
+    "gpt2-large": (36, 20, 1280),
+    "gpt2-xl": (48, 25, 1600),
+}
+
+
+@dataclass
+class GPTConfig:
+    """Every hyper-parameter of the model; the defaults are GPT-2 small (124M)."""
+
+    vocab_size: int = 50257
+    block_size: int = 1024  # the number of learned positions, i.e. the longest sequence the model reads
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
+                "each head gets n_embd // n_head channels"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> GPTConfig:
+        """The configuration of a published GPT-2 size ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")."""
+        key = name.removeprefix("openai-community/")
+        if key not in PRESETS:
+            raise ValueError(f"unknown GPT-2 preset {name!r}; choose one of {', '.join(PRESETS)}")
+        n_layer, n_head, n_embd = PRESETS[key]
+        return replace(cls(n_layer=n_layer, n_head=n_head, n_embd=n_embd), **overrides)
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for `max_len` positions so decoding never reallocates.
+
+    `k` and `v` have shape (n_layer, B, nh, max_len, hs); positions [0, pos) are filled.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=None) -> None:
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, nh, T, hs) keys/values at [pos, pos+T) and return all S = pos+T of this layer."""
+        end = self.pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KVCache holds {self.max_len} positions; writing up to position {end} overflows it")
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal attention of T queries over S >= T keys through `F.scaled_dot_product_attention`.
+
+    q: (B, nh, T, hs); k, v: (B, nh, S, hs). The queries are the last T of the S positions (the first S - T
+    come from a KV cache), so query i sees keys 0 .. S - T + i.
+    """
+    T, S = q.size(2), k.size(2)
+    if T == S:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if T == 1:  # one new token sees every cached position: no mask needed
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The same computation as `causal_attention` (no dropout), written out: softmax(q kᵀ / √hs + mask) v."""
+    T, S = q.size(2), k.size(2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, S)
+    visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return scores.softmax(dim=-1) @ v  # (B, nh, T, hs)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with GPT-2's fused query/key/value projection `c_attn`."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.layer_idx = layer_idx  # which slice of a KVCache belongs to this layer
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
+        y = causal_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: C → 4C → tanh-approximated GELU (as in GPT-2) → C."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """GPT-2: token + learned position embeddings, `n_layer` blocks, final LayerNorm, LM head tied to `wte`."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections that write into the residual stream by 1/sqrt(2·n_layer),
+        # so the residual's variance does not grow with depth (two such writes per block).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        """Number of parameters, the tied embedding / LM head counted once (as OpenAI counts them)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def _check_length(self, length: int) -> None:
+        if length > self.config.block_size:
+            raise ValueError(
+                f"a sequence of {length} tokens is longer than block_size={self.config.block_size}, the number "
+                f"of learned positions this model has; use at most block_size tokens (prompt + new tokens)"
+            )
+
+    def hidden_states(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T) token ids → (B, T, C) final-LayerNorm states. With a cache, the ids continue its sequence."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, time), got {tuple(input_ids.shape)}")
+        start = kv_cache.pos if kv_cache is not None else 0
+        T = input_ids.size(1)
+        self._check_length(start + T)
+        pos = torch.arange(start, start + T, device=input_ids.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T) token ids → (B, T, V) next-token logits."""
+        return self.lm_head(self.hidden_states(input_ids, kv_cache))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> GPT:
+        """A GPT in eval mode from a hub id ("gpt2", "openai-community/gpt2-xl", ...) or an HF-format directory."""
+        from gpt2_lightning.checkpoints import load_pretrained  # checkpoints.py builds on this module
+
+        return load_pretrained(name_or_path)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue (B, T) prompts by up to `max_new_tokens` tokens → (B, T + new).
+
+        temperature=0 is greedy decoding. Once a row emits `eos_token_id` it is padded with it, and decoding
+        stops early when every row has. Dropout follows the module's mode: call `.eval()` to sample.
+        """
+        new_tokens = list(
+            self.generate_stream(input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, generator)
+        )
+        return torch.cat([input_ids, *(t[:, None] for t in new_tokens)], dim=1)
+
+    @torch.inference_mode()
+    def generate_stream(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """`generate`, one (B,) tensor of new tokens at a time, for printing text as it is produced.
+
+        The prompt is run once (prefill) into a preallocated KV cache; each later step feeds one token.
+        """
+        if input_ids.dim() != 2 or input_ids.size(1) == 0:
+            raise ValueError(f"input_ids must have shape (batch, time) with time >= 1, got {tuple(input_ids.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        B, T = input_ids.shape
+        self._check_length(T + max_new_tokens)
+        param = self.lm_head.weight
+        cache = KVCache(self.config, B, T + max_new_tokens, device=param.device, dtype=param.dtype)
+        finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        x = input_ids
+        for _ in range(max_new_tokens):
+            logits = self.lm_head(self.hidden_states(x, cache)[:, -1])  # (B, V): only the last position
+            token = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
+            if eos_token_id is not None:
+                token = token.masked_fill(finished, eos_token_id)
+                finished |= token == eos_token_id
+            yield token
+            if eos_token_id is not None and bool(finished.all()):
+                return
+            x = token[:, None]
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of (B, V) logits: greedy at temperature 0, else sampled after top-k / top-p."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays)
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)

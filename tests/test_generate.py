@@ -1,0 +1,139 @@
+"""Generation: KV cache against full recompute, greedy against transformers, sampling controls, the CLI."""
+
+import pytest
+import torch
+
+from gpt2_lightning.cli import main
+from gpt2_lightning.model import GPT, GPTConfig, KVCache, sample_next_token
+
+
+def greedy_by_recompute(model, input_ids, max_new_tokens):
+    """Greedy decoding the slow, obviously-correct way: the whole forward again for every token."""
+    ids = input_ids
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+@pytest.mark.parametrize("shape", ["tiny", "wide-heads"])
+def test_greedy_equals_transformers_generate(hf_checkpoint, shape):
+    reference, directory = hf_checkpoint("hub", shape)
+    model = GPT.from_pretrained(directory)
+    prompt = torch.randint(1, reference.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(3))
+    new = reference.config.n_positions - 6
+    theirs = reference.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+    ours = model.generate(prompt, new, temperature=0.0)
+    assert len(set(ours[0, 6:].tolist())) > 3, "degenerate test: the model repeats one token"
+    assert torch.equal(ours, theirs)
+
+
+def test_kv_cache_equals_full_recompute():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=101, block_size=64, n_layer=3, n_head=4, n_embd=32)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(10)  # larger weights so greedy decoding does not collapse onto one token
+    prompt = torch.randint(0, 101, (3, 9))
+    cached = model.generate(prompt, 55, temperature=0.0)
+    assert torch.equal(cached, greedy_by_recompute(model, prompt, 55))
+
+
+def test_cached_logits_equal_full_forward_for_chunked_prefill():
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=101, block_size=64, n_layer=2, n_head=4, n_embd=32)
+    model = GPT(config).eval()
+    x = torch.randint(0, 101, (2, 30))
+    cache = KVCache(config, batch_size=2, max_len=30)
+    with torch.no_grad():
+        chunks = [model(x[:, a:b], cache) for a, b in [(0, 7), (7, 8), (8, 20), (20, 30)]]
+        torch.testing.assert_close(torch.cat(chunks, 1), model(x), atol=1e-5, rtol=1e-5)
+    assert cache.pos == 30
+
+
+def test_generation_past_block_size_names_block_size():
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    with pytest.raises(ValueError, match="longer than block_size=16"):
+        model.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=7)
+
+
+def test_sampling_is_reproducible_with_a_generator_and_respects_top_k():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=101, block_size=64, n_layer=2, n_head=4, n_embd=32)).eval()
+    prompt = torch.randint(0, 101, (4, 5))
+    a = model.generate(prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+    b = model.generate(prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+    c = model.generate(prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    greedy = model.generate(prompt, 20, temperature=0.0)
+    assert torch.equal(model.generate(prompt, 20, top_k=1), greedy)
+    assert torch.equal(model.generate(prompt, 20, top_p=1e-6), greedy)
+
+
+def test_top_k_and_top_p_only_ever_pick_allowed_tokens():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0, -1.0]]).repeat(500, 1)
+    gen = torch.Generator().manual_seed(0)
+    assert set(sample_next_token(logits, top_k=2, generator=gen).tolist()) == {0, 1}
+    # softmax of these logits: 0.636, 0.234, 0.086, ... → top_p=0.8 keeps tokens 0 and 1, 0.9 adds token 2
+    assert set(sample_next_token(logits, top_p=0.8, generator=gen).tolist()) == {0, 1}
+    assert set(sample_next_token(logits, top_p=0.9, generator=gen).tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"temperature": -1}, "temperature must be >= 0"), ({"top_k": 0}, "top_k must be >= 1"),
+     ({"top_p": 0.0}, r"top_p must be in \(0, 1\]")],
+)
+def test_bad_sampling_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sample_next_token(torch.zeros(1, 5), **kwargs)
+
+
+def test_eos_pads_finished_rows_and_stops_when_all_are_done():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=101, block_size=64, n_layer=2, n_head=4, n_embd=32)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(10)
+    prompt = torch.randint(0, 101, (2, 5))
+    free = model.generate(prompt, 30, temperature=0.0)
+    eos = free[0, 8].item()  # the token row 0 emits at its 4th step
+    out = model.generate(prompt, 30, temperature=0.0, eos_token_id=eos)
+    row0 = out[0, 5:].tolist()
+    first = row0.index(eos)
+    assert all(t == eos for t in row0[first:])
+    if eos not in free[1, 5:].tolist():
+        assert out.shape[1] == 35  # row 1 never finishes, so decoding runs the full length
+    else:
+        assert out.shape[1] <= 35
+
+
+def test_cli_generate_prints_prompt_and_greedy_continuation(tmp_path, capsys):
+    # The packaged tokenizer needs a 50257-token vocabulary: a small model with GPT-2's vocab size.
+    from conftest import make_hf_model, save_layout
+
+    from gpt2_lightning.tokenizer import get_tokenizer
+
+    reference = make_hf_model(n_layer=1, n_head=2, n_embd=16, n_positions=64, vocab_size=50257)
+    directory = tmp_path / "full-vocab"
+    directory.mkdir()
+    save_layout(reference, directory, "transformers")
+    prompt = "Hello, I'm a language model,"
+    main(["generate", "--checkpoint", str(directory), "--prompt", prompt, "--max-new-tokens", "12",
+          "--temperature", "0", "--device", "cpu"])
+    out = capsys.readouterr().out
+    enc = get_tokenizer()
+    ids = torch.tensor([enc.encode(prompt)])
+    expected = GPT.from_pretrained(directory).generate(ids, 12, temperature=0.0, eos_token_id=enc.eot_token)
+    continuation = [t for t in expected[0, ids.shape[1]:].tolist() if t != enc.eot_token]
+    assert out == prompt + enc.decode(continuation) + "\n"
+
+
+def test_cli_reports_bad_checkpoint_and_offline_download(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GPT2_LIGHTNING_CHECKPOINTS", str(tmp_path))
+    with pytest.raises(SystemExit) as err:
+        main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x"])
+    assert "gpt2-lightning generate: error:" in str(err.value) and "has no config.json" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        main(["download", "gpt2-xl"])
+    assert "could not fetch 'openai-community/gpt2-xl'" in str(err.value)

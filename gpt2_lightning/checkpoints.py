@@ -4,10 +4,15 @@ transformers stores GPT-2's projections as `Conv1D` modules whose weight is (in,
 `nn.Linear`'s (out, in); keys come with a `transformer.` prefix (from `GPT2LMHeadModel`) or without it (from
 `GPT2Model`, as on the Hub), and may carry the attention-mask buffers `h.N.attn.bias` / `h.N.attn.masked_bias`
 and a copy of the tied `lm_head.weight`. Loading normalises all of that and then insists on an exact match.
+
+Variants (RoPE, GQA, sliding window, no biases) have no transformers GPT-2 equivalent; they are saved by
+`save_pretrained` in this package's own format: config.json with `"model_type": "gpt2-lightning"` and every
+`GPTConfig` field, and model.safetensors with this model's own keys and layouts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -30,6 +35,7 @@ CONV1D_WEIGHT = re.compile(r"^transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|ml
 # Causal-mask buffers that older transformers versions saved with the weights; they hold no parameters.
 MASK_BUFFER = re.compile(r"^transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
 TIED_HEAD = "lm_head.weight"
+OWN_MODEL_TYPE = "gpt2-lightning"  # config.json's model_type in this package's own format
 
 
 class CheckpointError(ValueError):
@@ -112,9 +118,20 @@ def config_from_hf(hf: dict) -> GPTConfig:
 
 def config_to_hf(config: GPTConfig) -> dict:
     """transformers' GPT2Config fields for a model; refuses what transformers' GPT-2 cannot represent."""
-    if not config.bias:
+    unrepresentable = [
+        text
+        for present, text in (
+            (not config.bias, "bias=False (it always has biases)"),
+            (config.pos_encoding != "learned", f"pos_encoding={config.pos_encoding!r} (it has learned positions)"),
+            (config.kv_heads != config.n_head, f"n_kv_head={config.n_kv_head} (it has one K/V head per query head)"),
+            (config.sliding_window is not None, f"sliding_window={config.sliding_window} (it attends to all)"),
+        )
+        if present
+    ]
+    if unrepresentable:
         raise CheckpointError(
-            "save_hf: transformers' GPT-2 always has biases, so a model with bias=False cannot be saved in its format"
+            "save_hf: transformers' GPT-2 cannot represent " + "; ".join(unrepresentable) + ". Save the model with "
+            "gpt2_lightning.checkpoints.save_pretrained instead; GPT.from_pretrained reads that format."
         )
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -138,15 +155,33 @@ def config_to_hf(config: GPTConfig) -> dict:
     }
 
 
-def read_config(directory: Path) -> GPTConfig:
+def config_from_own(fields: dict) -> GPTConfig:
+    """GPTConfig from this package's config.json; unknown fields are refused, not dropped."""
+    known = {f.name for f in dataclasses.fields(GPTConfig)}
+    unknown = sorted(fields.keys() - known)
+    if unknown:
+        raise CheckpointError(
+            f"config.json has fields GPTConfig does not know: {', '.join(unknown)}; "
+            "was it written by a newer gpt2-lightning?"
+        )
+    try:
+        return GPTConfig(**fields)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"config.json is not a valid configuration: {err}") from err
+
+
+def read_config(directory: Path) -> tuple[GPTConfig, bool]:
+    """The model configuration of a checkpoint directory, and whether it is in transformers' format."""
     path = directory / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{directory} has no config.json; an HF-format checkpoint needs config.json and weights")
     try:
-        hf = json.loads(path.read_text())
+        fields = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}); re-download or re-save the checkpoint") from err
-    return config_from_hf(hf)
+    if fields.get("model_type") == OWN_MODEL_TYPE:
+        return config_from_own({k: v for k, v in fields.items() if k != "model_type"}), False
+    return config_from_hf(fields), True
 
 
 def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
@@ -218,10 +253,10 @@ def load_state_dict_strict(model: GPT, state_dict: dict[str, torch.Tensor], sour
 def load_pretrained(name_or_path: str | os.PathLike) -> GPT:
     """`GPT.from_pretrained`: an HF-format directory or hub id → a GPT in eval mode, every weight checked."""
     directory = resolve_checkpoint(name_or_path)
-    config = read_config(directory)
+    config, is_hf = read_config(directory)
     tensors = read_tensors(directory)
     model = GPT(config)
-    load_state_dict_strict(model, state_dict_from_hf(tensors), source=str(directory))
+    load_state_dict_strict(model, state_dict_from_hf(tensors) if is_hf else tensors, source=str(directory))
     return model.eval()
 
 
@@ -232,16 +267,56 @@ def _write_atomically(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_hf(model: GPT, directory: str | os.PathLike) -> Path:
-    """Write config.json + model.safetensors in transformers' GPT-2 format (GPT2LMHeadModel loads it)."""
-    config = config_to_hf(model.config)
+def _save(directory: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        key: (tensor.t() if CONV1D_WEIGHT.match(key) else tensor).detach().to("cpu").contiguous()
-        for key, tensor in model.state_dict().items()
-        if key != TIED_HEAD
-    }
+    tensors = {key: tensor.detach().to("cpu").contiguous() for key, tensor in tensors.items()}
     _write_atomically(directory / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     _write_atomically(directory / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     return directory
+
+
+def save_hf(model: GPT, directory: str | os.PathLike) -> Path:
+    """Write config.json + model.safetensors in transformers' GPT-2 format (GPT2LMHeadModel loads it)."""
+    config = config_to_hf(model.config)
+    tensors = {
+        key: tensor.t() if CONV1D_WEIGHT.match(key) else tensor
+        for key, tensor in model.state_dict().items()
+        if key != TIED_HEAD
+    }
+    return _save(directory, tensors, config)
+
+
+def save_pretrained(model: GPT, directory: str | os.PathLike) -> Path:
+    """Write any variant as config.json (every GPTConfig field) + model.safetensors; GPT.from_pretrained reads it."""
+    config = {"model_type": OWN_MODEL_TYPE, **dataclasses.asdict(model.config)}
+    tensors = {key: tensor for key, tensor in model.state_dict().items() if key != TIED_HEAD}
+    return _save(directory, tensors, config)
+
+
+def mha_to_gqa(model: GPT, n_kv_head: int) -> GPT:
+    """A copy of `model` with `n_kv_head` key/value heads, each the mean of the heads in its group.
+
+    This is the GQA paper's conversion (Ainslie et al. 2023, §2.1) before uptraining: key/value head j of the
+    result averages the original heads j·g … j·g + g - 1 (g = n_head // n_kv_head), weights and biases alike,
+    which matches query head i reading K/V head i // g. Exact when the heads within each group are equal.
+    """
+    config = model.config
+    if config.kv_heads != config.n_head:
+        raise ValueError(f"mha_to_gqa needs a multi-head model; this one already has n_kv_head={config.n_kv_head}")
+    new_config = dataclasses.replace(config, n_kv_head=n_kv_head)  # validates that n_kv_head divides n_head
+    group, hs, C = config.n_head // n_kv_head, config.head_dim, config.n_embd
+
+    def pool(x: torch.Tensor) -> torch.Tensor:  # (n_head·hs, ...) → (n_kv_head·hs, ...)
+        return x.reshape(n_kv_head, group, hs, *x.shape[1:]).mean(dim=1).flatten(0, 1)
+
+    state = model.state_dict()
+    for i in range(config.n_layer):
+        for suffix in ("weight", "bias"):
+            key = f"transformer.h.{i}.attn.c_attn.{suffix}"
+            if key in state:
+                q, k, v = state[key].split(C, dim=0)  # rows: q heads | k heads | v heads, hs rows per head
+                state[key] = torch.cat([q, pool(k), pool(v)], dim=0)  # (C + 2·n_kv·hs, ...)
+    converted = GPT(new_config).to(device=model.lm_head.weight.device, dtype=model.lm_head.weight.dtype)
+    converted.load_state_dict(state)
+    return converted.train(model.training)

@@ -1,4 +1,4 @@
-"""The `gpt2-lightning` command: `generate` text from a checkpoint, `download` OpenAI's weights."""
+"""The `gpt2-lightning` command: `generate` text from a checkpoint, `download` OpenAI's weights, `convert` them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from gpt2_lightning.checkpoints import HUB_MODELS, CheckpointError, download
+from gpt2_lightning.checkpoints import HUB_MODELS, CheckpointError, download, mha_to_gqa, save_pretrained
 from gpt2_lightning.model import GPT
 from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer
 
@@ -59,6 +59,17 @@ def run_download(args: argparse.Namespace) -> None:
     print(f"{args.name}: config.json and model.safetensors in {path}")
 
 
+def run_convert(args: argparse.Namespace) -> None:
+    model = GPT.from_pretrained(args.checkpoint)
+    before = model.num_params()
+    model = mha_to_gqa(model, args.n_kv_head)
+    save_pretrained(model, args.out)
+    print(
+        f"{args.checkpoint} → n_kv_head={args.n_kv_head} (key/value heads mean-pooled per group): "
+        f"{before:,} → {model.num_params():,} parameters, saved to {args.out}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt2-lightning", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("name", help=f"one of {', '.join(HUB_MODELS)} or a hub repo id owner/name")
     dl.add_argument("--dir", default=None, help="target directory (default: checkpoints/<name>)")
     dl.set_defaults(run=run_download)
+
+    conv = commands.add_parser("convert", help="turn a multi-head checkpoint into grouped-query attention")
+    conv.add_argument("--checkpoint", required=True, help="hub id or checkpoint directory of a multi-head model")
+    conv.add_argument("--n-kv-head", type=int, required=True, help="key/value heads; must divide n_head")
+    conv.add_argument("--out", required=True, help="directory to write config.json + model.safetensors to")
+    conv.set_defaults(run=run_convert)
     return parser
 
 

@@ -4,11 +4,15 @@ Single-device model code: no Lightning, no torch.distributed. Parameter names fo
 GPT-2 (`transformer.wte`, `transformer.h.N.attn.c_attn`, ...) so that loading the released checkpoints is a
 transpose and nothing more (see `gpt2_lightning.checkpoints`).
 
+One config and one attention module serve every variant: learned or rotary positions (`pos_encoding`),
+multi-head / grouped-query / multi-query attention (`n_kv_head`), full or sliding-window attention
+(`sliding_window`), in any combination. With the defaults the model is exactly GPT-2.
+
 References: Radford et al. 2019, "Language Models are Unsupervised Multitask Learners";
-nanoGPT (https://github.com/karpathy/nanoGPT) for the layout.
+nanoGPT (https://github.com/karpathy/nanoGPT) for the layout; the variants in docs/variants.md.
 
 Shape legend used in comments: B batch, T new positions, S cached + new positions, C n_embd,
-nh n_head, hs head size (C // nh), V vocab_size.
+nh n_head, nkv key/value heads, hs head size (C // nh), V vocab_size.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gpt2_lightning.attention import KVCache, attention
+from gpt2_lightning.rope import apply_rope, rope_frequencies, rope_tables
 
 # Published GPT-2 sizes: name -> (n_layer, n_head, n_embd). Everything else is shared.
 PRESETS: dict[str, tuple[int, int, int]] = {
@@ -41,6 +48,10 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
+    pos_encoding: str = "learned"  # "learned" (GPT-2's position table) or "rope" (rotary, rotate-half layout)
+    rope_theta: float = 10000.0  # RoPE base: frequency i is rope_theta^(-2i/head_dim)
+    n_kv_head: int | None = None  # key/value heads: None = n_head (MHA), 1 = MQA, else GQA; divides n_head
+    sliding_window: int | None = None  # None = full causal; w: position t attends to t-w+1 … t
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -54,10 +65,46 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.pos_encoding not in ("learned", "rope"):
+            raise ValueError(f"GPTConfig.pos_encoding must be 'learned' or 'rope', got {self.pos_encoding!r}")
+        if self.pos_encoding == "rope" and self.head_dim % 2:
+            raise ValueError(
+                f"GPTConfig.pos_encoding='rope' needs an even head size (n_embd // n_head), got {self.head_dim}: "
+                "rotary embeddings rotate pairs of channels"
+            )
+        if not self.rope_theta > 0:
+            raise ValueError(f"GPTConfig.rope_theta must be > 0, got {self.rope_theta!r}")
+        if self.n_kv_head is not None:
+            if isinstance(self.n_kv_head, bool) or not isinstance(self.n_kv_head, int) or self.n_kv_head <= 0:
+                raise ValueError(
+                    f"GPTConfig.n_kv_head must be None (= n_head) or a positive integer, got {self.n_kv_head!r}"
+                )
+            if self.n_head % self.n_kv_head:
+                raise ValueError(
+                    f"GPTConfig.n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}): "
+                    "each key/value head serves n_head // n_kv_head query heads"
+                )
+        w = self.sliding_window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ValueError(
+                f"GPTConfig.sliding_window must be None (full causal attention) or an integer >= 1, got {w!r}"
+            )
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """The number of key/value heads in effect (n_kv_head, or n_head when it is None)."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def is_gpt2(self) -> bool:
+        """Whether this is plain GPT-2 (learned positions, full multi-head attention, biases)."""
+        return (
+            self.bias and self.pos_encoding == "learned" and self.kv_heads == self.n_head and self.sliding_window is None
+        )
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> GPTConfig:
@@ -69,79 +116,41 @@ class GPTConfig:
         return replace(cls(n_layer=n_layer, n_head=n_head, n_embd=n_embd), **overrides)
 
 
-class KVCache:
-    """Keys and values of every layer, preallocated for `max_len` positions so decoding never reallocates.
-
-    `k` and `v` have shape (n_layer, B, nh, max_len, hs); positions [0, pos) are filled.
-    """
-
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=None) -> None:
-        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
-        self.pos = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store (B, nh, T, hs) keys/values at [pos, pos+T) and return all S = pos+T of this layer."""
-        end = self.pos + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"KVCache holds {self.max_len} positions; writing up to position {end} overflows it")
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
-
-
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """Causal attention of T queries over S >= T keys through `F.scaled_dot_product_attention`.
-
-    q: (B, nh, T, hs); k, v: (B, nh, S, hs). The queries are the last T of the S positions (the first S - T
-    come from a KV cache), so query i sees keys 0 .. S - T + i.
-    """
-    T, S = q.size(2), k.size(2)
-    if T == S:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    if T == 1:  # one new token sees every cached position: no mask needed
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-
-
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The same computation as `causal_attention` (no dropout), written out: softmax(q kᵀ / √hs + mask) v."""
-    T, S = q.size(2), k.size(2)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, S)
-    visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    scores = scores.masked_fill(~visible, float("-inf"))
-    return scores.softmax(dim=-1) @ v  # (B, nh, T, hs)
-
-
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with GPT-2's fused query/key/value projection `c_attn`."""
+    """Causal self-attention for every variant: MHA/GQA/MQA, learned or rotary positions, full or windowed.
+
+    `c_attn` projects to n_head query heads and n_kv key and value heads, [q | k | v] of widths
+    (nh·hs, nkv·hs, nkv·hs): exactly GPT-2's fused 3C projection when nkv = nh.
+    """
 
     def __init__(self, config: GPTConfig, layer_idx: int) -> None:
         super().__init__()
-        self.n_head = config.n_head
-        self.n_embd = config.n_embd
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.window = config.sliding_window
         self.layer_idx = layer_idx  # which slice of a KVCache belongs to this layer
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        qkv_width = (config.n_head + 2 * config.kv_heads) * config.head_dim
+        self.c_attn = nn.Linear(config.n_embd, qkv_width, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        hs, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
+        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:  # rotate at absolute positions, before caching
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, S, hs)
-        y = causal_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, S, hs)
+        y = attention(q, k, v, self.window, dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -169,26 +178,34 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, kv_cache)
         return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
-    """GPT-2: token + learned position embeddings, `n_layer` blocks, final LayerNorm, LM head tied to `wte`."""
+    """GPT-2: token (+ learned position) embeddings, `n_layer` blocks, final LayerNorm, LM head tied to `wte`."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
+        layers = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
+        if config.pos_encoding == "learned":
+            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        else:  # rope: no position table; q and k are rotated in every attention layer
+            inv_freq = rope_frequencies(config.head_dim, config.rope_theta)
+            self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
+        layers.update(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         )
+        self.transformer = nn.ModuleDict(layers)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
         self.apply(self._init_weights)
@@ -210,11 +227,20 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def _check_length(self, length: int) -> None:
-        if length > self.config.block_size:
+        """Learned positions stop at block_size; rotary positions run on (block_size is then the training length)."""
+        if self.config.pos_encoding == "learned" and length > self.config.block_size:
             raise ValueError(
                 f"a sequence of {length} tokens is longer than block_size={self.config.block_size}, the number "
-                f"of learned positions this model has; use at most block_size tokens (prompt + new tokens)"
+                f"of learned positions this model has; use at most block_size tokens (prompt + new tokens), "
+                f"or a pos_encoding='rope' model, which runs past block_size"
             )
+
+    def make_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty cache for `max_len` positions, on the model's device and dtype (a rolling buffer if windowed)."""
+        c, weight = self.config, self.lm_head.weight
+        return KVCache(
+            c.n_layer, batch_size, c.kv_heads, c.head_dim, max_len, c.sliding_window, weight.device, weight.dtype
+        )
 
     def hidden_states(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """(B, T) token ids → (B, T, C) final-LayerNorm states. With a cache, the ids continue its sequence."""
@@ -224,9 +250,15 @@ class GPT(nn.Module):
         T = input_ids.size(1)
         self._check_length(start + T)
         pos = torch.arange(start, start + T, device=input_ids.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(input_ids)  # (B, T, C)
+        rope = None
+        if self.config.pos_encoding == "learned":
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = rope_tables(self.rope_inv_freq, pos)  # 2 × (T, hs), shared by every layer
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, kv_cache)
+            x = block(x, rope, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += T
         return self.transformer.ln_f(x)
@@ -237,7 +269,8 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str) -> GPT:
-        """A GPT in eval mode from a hub id ("gpt2", "openai-community/gpt2-xl", ...) or an HF-format directory."""
+        """A GPT in eval mode from a hub id ("gpt2", "openai-community/gpt2-xl", ...), an HF-format directory, or a
+        directory written by `gpt2_lightning.checkpoints.save_pretrained` (any variant)."""
         from gpt2_lightning.checkpoints import load_pretrained  # checkpoints.py builds on this module
 
         return load_pretrained(name_or_path)
@@ -285,7 +318,7 @@ class GPT(nn.Module):
         B, T = input_ids.shape
         self._check_length(T + max_new_tokens)
         weight = self.lm_head.weight  # (V, C), tied to wte
-        cache = KVCache(self.config, B, T + max_new_tokens, device=weight.device, dtype=weight.dtype)
+        cache = self.make_kv_cache(B, T + max_new_tokens)
         # At batch 1 the LM head is a matrix-vector product bound by reading the (V, C) weight; the tied
         # layout makes the CPU kernel read it ~1.7× slower than a contiguous (C, V) copy, made once per call.
         head = weight.t().contiguous() if max_new_tokens > 1 else weight.t()  # (C, V)

@@ -54,11 +54,20 @@ def test_save_hf_is_read_by_transformers_and_round_trips(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_save_hf_refuses_what_transformers_cannot_represent(tmp_path):
-    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8, bias=False))
-    with pytest.raises(CheckpointError, match="bias=False cannot be saved"):
-        save_hf(model, tmp_path / "nobias")
-    assert not (tmp_path / "nobias").exists()
+@pytest.mark.parametrize(
+    "variant, message",
+    [
+        ({"bias": False}, "bias=False"),
+        ({"pos_encoding": "rope"}, "pos_encoding='rope'"),
+        ({"n_kv_head": 1}, "n_kv_head=1"),
+        ({"sliding_window": 4}, "sliding_window=4"),
+    ],
+)
+def test_save_hf_refuses_what_transformers_cannot_represent(tmp_path, variant, message):
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8, **variant))
+    with pytest.raises(CheckpointError, match=f"cannot represent {message}.*save_pretrained instead"):
+        save_hf(model, tmp_path / "variant")
+    assert not (tmp_path / "variant").exists()
 
 
 # ---- strictness: every way a checkpoint can be wrong gives an error listing what is wrong -------------------

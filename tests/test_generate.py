@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gpt2_lightning.cli import main
-from gpt2_lightning.model import GPT, GPTConfig, KVCache, sample_next_token
+from gpt2_lightning.model import GPT, GPTConfig, sample_next_token
 
 
 def greedy_by_recompute(model, input_ids, max_new_tokens):
@@ -44,7 +44,7 @@ def test_cached_logits_equal_full_forward_for_chunked_prefill():
     config = GPTConfig(vocab_size=101, block_size=64, n_layer=2, n_head=4, n_embd=32)
     model = GPT(config).eval()
     x = torch.randint(0, 101, (2, 30))
-    cache = KVCache(config, batch_size=2, max_len=30)
+    cache = model.make_kv_cache(batch_size=2, max_len=30)
     with torch.no_grad():
         chunks = [model(x[:, a:b], cache) for a, b in [(0, 7), (7, 8), (8, 20), (20, 30)]]
         torch.testing.assert_close(torch.cat(chunks, 1), model(x), atol=1e-5, rtol=1e-5)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from gpt2_lightning.model import GPT, GPTConfig, causal_attention, reference_attention
+from gpt2_lightning.attention import attention, reference_attention
+from gpt2_lightning.model import GPT, GPTConfig
 
 
 def tiny_config(**overrides):
@@ -71,7 +72,7 @@ def test_sdpa_attention_equals_explicit_reference(T, S):
     torch.manual_seed(T * 100 + S)
     q = torch.randn(2, 3, T, 8)
     k, v = torch.randn(2, 3, S, 8), torch.randn(2, 3, S, 8)
-    torch.testing.assert_close(causal_attention(q, k, v), reference_attention(q, k, v), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(attention(q, k, v), reference_attention(q, k, v), atol=1e-6, rtol=1e-5)
 
 
 def test_model_with_reference_attention_gives_same_logits(monkeypatch):
@@ -79,7 +80,9 @@ def test_model_with_reference_attention_gives_same_logits(monkeypatch):
     model = GPT(tiny_config()).eval()
     x = torch.randint(0, 97, (3, 20))
     fast = model(x)
-    monkeypatch.setattr("gpt2_lightning.model.causal_attention", lambda q, k, v, dropout_p=0.0: reference_attention(q, k, v))
+    monkeypatch.setattr(
+        "gpt2_lightning.model.attention", lambda q, k, v, window, dropout_p=0.0: reference_attention(q, k, v, window)
+    )
     torch.testing.assert_close(model(x), fast, atol=1e-5, rtol=1e-5)
 
 

@@ -1,0 +1,166 @@
+"""The attention computation every variant shares, its written-out reference, and the KV cache.
+
+Conventions (see docs/variants.md):
+- Queries are the last T of the S key positions (the first S - T come from a KV cache), so query i sits at
+  key position S - T + i and, causally, sees keys up to and including that position.
+- Sliding window w (Mistral / transformers convention): the query at position t sees keys t-w+1 … t, its own
+  position included, i.e. w keys. w >= S is full causal attention.
+- Grouped-query attention: with n_kv key/value heads and n_head query heads, query head i reads key/value
+  head i // (n_head // n_kv) — `F.scaled_dot_product_attention(..., enable_gqa=True)`, no copies of K or V.
+
+Shapes: q (B, nh, T, hs); k, v (B, nkv, S, hs); output (B, nh, T, hs).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+# Sequences at least this many windows long use the banded kernel; shorter ones a dense (T, S) mask, which
+# costs O(T·S) but has no blocking overhead. Chosen from benchmarks/bench_attention.py (docs/performance.md).
+BANDED_MIN_WINDOWS = 2
+
+
+@functools.lru_cache(maxsize=32)
+def visible_mask(T: int, S: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """(T, S) bool: may query i (at key position S - T + i) attend to key j?"""
+    mask = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+    if window is not None:
+        mask = mask.triu(diagonal=S - T - window + 1)
+    return mask
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """Causal (optionally sliding-window, optionally grouped-query) attention; picks the cheapest exact kernel."""
+    T, S = q.size(2), k.size(2)
+    gqa = q.size(1) != k.size(1)
+    if window is not None and window < S:  # some key lies outside some query's window
+        if T >= BANDED_MIN_WINDOWS * window:
+            return banded_attention(q, k, v, window, dropout_p)
+        mask = visible_mask(T, S, window, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+    if T == S:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+    if T == 1:  # one new token sees every cached position: no mask needed
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=gqa)
+    mask = visible_mask(T, S, None, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+
+
+@functools.lru_cache(maxsize=32)
+def _band_block_mask(
+    n_blocks: int, block: int, window: int, first_key: int, left_pad: int, device: torch.device
+) -> torch.Tensor:
+    """(n_blocks, 1, block, block + window - 1) bool mask of `banded_attention`'s key blocks."""
+    i = torch.arange(block, device=device)[:, None]  # query within its block
+    j = torch.arange(block + window - 1, device=device)[None, :]  # key within the block's key span
+    band = (j >= i) & (j <= i + window - 1)  # (block, Kw): the query's own key sits at j = i + window - 1
+    key_index = first_key + block * torch.arange(n_blocks, device=device)[:, None] + j  # (n_blocks, Kw)
+    real = key_index >= left_pad  # left padding is never attended to
+    return (band[None] & real[:, None, :])[:, None]  # (n_blocks, 1, block, Kw)
+
+
+def banded_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dropout_p: float = 0.0, block: int | None = None
+) -> torch.Tensor:
+    """Sliding-window attention in O(T·w): queries in blocks of `block`, each against only its key span.
+
+    Block b of queries needs the `block + window - 1` keys ending at its last query; the spans overlap and are
+    cut from K and V with `unfold`. Work and memory are T·(block + window - 1) instead of T·S.
+    """
+    B, H, T, hs = q.shape
+    Hk, S = k.size(1), k.size(2)
+    block = block or window
+    n_blocks = math.ceil(T / block)
+    right_pad = n_blocks * block - T  # fill the last block
+    left_pad = max(0, window - 1 - (S - T))  # give the first query window - 1 predecessors (masked when padding)
+    first_key = S - T + left_pad - (window - 1)  # padded index of block 0's first key
+    span = block + window - 1
+
+    def key_blocks(x: torch.Tensor) -> torch.Tensor:  # (B, Hk, S, hs) → (B·n_blocks, Hk, span, hs)
+        x = F.pad(x, (0, 0, left_pad, right_pad))[:, :, first_key:]
+        x = x.unfold(2, span, block)  # (B, Hk, n_blocks, hs, span), a view
+        return x.permute(0, 2, 1, 4, 3).reshape(B * n_blocks, Hk, span, hs)
+
+    qb = F.pad(q, (0, 0, 0, right_pad)).view(B, H, n_blocks, block, hs).transpose(1, 2)
+    qb = qb.reshape(B * n_blocks, H, block, hs)
+    mask = _band_block_mask(n_blocks, block, window, first_key, left_pad, q.device).repeat(B, 1, 1, 1)
+    y = F.scaled_dot_product_attention(
+        qb, key_blocks(k), key_blocks(v), attn_mask=mask, dropout_p=dropout_p, enable_gqa=H != Hk
+    )  # (B·n_blocks, H, block, hs)
+    return y.view(B, n_blocks, H, block, hs).transpose(1, 2).reshape(B, H, n_blocks * block, hs)[:, :, :T]
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None
+) -> torch.Tensor:
+    """The same computation as `attention` (no dropout), written out: softmax(q kᵀ / √hs + mask) v."""
+    group = q.size(1) // k.size(1)
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, nh, S, hs)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, S)
+    scores = scores.masked_fill(~visible_mask(q.size(2), k.size(2), window, q.device), float("-inf"))
+    return scores.softmax(dim=-1) @ v  # (B, nh, T, hs)
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated so decoding never reallocates.
+
+    `k` and `v` have shape (n_layer, B, nkv, slots, hs): only the key/value heads are stored, so a GQA cache is
+    n_kv_head / n_head the size of MHA's. Without a window there is a slot per position (`max_len`). With a
+    sliding window w < max_len the cache is a rolling buffer of w slots — position p lives in slot p % w —
+    so decoding memory stays bounded however long the text gets.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch_size: int,
+        n_kv_head: int,
+        head_dim: int,
+        max_len: int,
+        window: int | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        self.slots = min(window, max_len) if window is not None else max_len
+        shape = (n_layer, batch_size, n_kv_head, self.slots, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.pos = 0  # positions [0, pos) have been written
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, nkv, T, hs) new keys/values at positions [pos, pos+T) and return what attention needs.
+
+        Returned (B, nkv, S, hs): the new positions last, preceded by the cached ones a query may still see.
+        The one exception, a single new token in a rolling buffer, returns the buffer in slot order: it
+        sees every slot, and attention does not depend on the order of the keys.
+        """
+        start, T = self.pos, k.size(2)
+        end = start + T
+        if end > self.max_len:
+            raise ValueError(f"KVCache holds {self.max_len} positions; writing up to position {end} overflows it")
+        k_layer, v_layer = self.k[layer], self.v[layer]  # (B, nkv, slots, hs)
+        if self.slots == self.max_len:  # a slot per position: positions are slots
+            k_layer[:, :, start:end], v_layer[:, :, start:end] = k, v
+            return k_layer[:, :, :end], v_layer[:, :, :end]
+        if T == 1:
+            slot = start % self.slots
+            k_layer[:, :, slot], v_layer[:, :, slot] = k[:, :, 0], v[:, :, 0]
+            return k_layer[:, :, : min(end, self.slots)], v_layer[:, :, : min(end, self.slots)]
+        previous = torch.arange(start - min(start, self.slots), start, device=k.device) % self.slots
+        keys = torch.cat([k_layer[:, :, previous], k], dim=2)  # (B, nkv, S, hs) in position order
+        values = torch.cat([v_layer[:, :, previous], v], dim=2)
+        kept = min(T, self.slots)  # only the last `slots` new positions can still be seen later
+        slots = torch.arange(end - kept, end, device=k.device) % self.slots
+        k_layer[:, :, slots], v_layer[:, :, slots] = k[:, :, -kept:], v[:, :, -kept:]
+        return keys, values
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes

@@ -1,0 +1,309 @@
+"""RoPE, grouped-query and sliding-window attention, alone and combined: properties that could fail."""
+
+import itertools
+
+import pytest
+import torch
+
+from gpt2_lightning.attention import attention, banded_attention, reference_attention
+from gpt2_lightning.checkpoints import CheckpointError, mha_to_gqa, save_pretrained
+from gpt2_lightning.cli import main
+from gpt2_lightning.model import GPT, GPTConfig
+from gpt2_lightning.rope import apply_rope, rope_frequencies, rope_tables
+
+N_LAYER, N_HEAD, WINDOW, VOCAB, BLOCK = 2, 4, 3, 61, 32
+COMBOS = list(itertools.product(["learned", "rope"], [None, 2, 1], [None, WINDOW]))  # pos × MHA/GQA/MQA × window
+COMBO_IDS = [f"{p}-kv{k or N_HEAD}-w{w or 'full'}" for p, k, w in COMBOS]
+
+
+def variant(pos_encoding="learned", n_kv_head=None, sliding_window=None, seed=0, scale=1.0, **overrides):
+    """A small model of the variant; `scale` > 1 spreads its predictions so greedy decoding does not stall."""
+    torch.manual_seed(seed)
+    config = GPTConfig(
+        vocab_size=VOCAB, block_size=BLOCK, n_layer=N_LAYER, n_head=N_HEAD, n_embd=32,
+        pos_encoding=pos_encoding, n_kv_head=n_kv_head, sliding_window=sliding_window, **overrides,
+    )
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1).mul_(scale)
+    return model
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids)
+
+
+# ---- properties of every combination -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pos, kv, w", COMBOS, ids=COMBO_IDS)
+def test_causality(pos, kv, w):
+    model = variant(pos, kv, w)
+    x = torch.randint(0, VOCAB, (2, 24))
+    for j in (0, 11, 23):
+        y = x.clone()
+        y[:, j] = (y[:, j] + 1) % VOCAB
+        a, b = logits(model, x), logits(model, y)
+        assert torch.equal(a[:, :j], b[:, :j])
+        assert (a[:, j] - b[:, j]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("pos, kv", list(itertools.product(["learned", "rope"], [None, 2, 1])))
+def test_window_locality_and_position_dependence(pos, kv):
+    """With L layers and window w the last logits see exactly the last L·(w-1)+1 tokens."""
+    model = variant(pos, kv, WINDOW)
+    field = N_LAYER * (WINDOW - 1) + 1
+    x = torch.randint(0, VOCAB, (1, 20))
+    outside, inside = x.clone(), x.clone()
+    outside[0, : 20 - field] = torch.randint(0, VOCAB, (20 - field,))  # everything before the receptive field
+    inside[0, 20 - field] = (inside[0, 20 - field] + 1) % VOCAB
+    last = logits(model, x)[0, -1]
+    torch.testing.assert_close(logits(model, outside)[0, -1], last, atol=1e-5, rtol=0)
+    assert (logits(model, inside)[0, -1] - last).abs().max() > 1e-4
+
+    # the same tail at another absolute position: RoPE cannot tell, learned positions can
+    shifted = torch.cat([torch.randint(0, VOCAB, (1, 7)), x], dim=1)  # tail now ends at position 26, not 19
+    moved = logits(model, shifted)[0, -1]
+    if pos == "rope":
+        torch.testing.assert_close(moved, last, atol=1e-5, rtol=1e-5)
+    else:
+        assert (moved - last).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("pos, kv", list(itertools.product(["learned", "rope"], [None, 2])))
+def test_window_at_least_the_sequence_equals_full_attention(pos, kv):
+    full = variant(pos, kv, None)
+    x = torch.randint(0, VOCAB, (2, 20))
+    for w in (20, BLOCK, 10 * BLOCK):  # a window longer than block_size is allowed
+        windowed = variant(pos, kv, w)
+        windowed.load_state_dict(full.state_dict())
+        torch.testing.assert_close(logits(windowed, x), logits(full, x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("pos, w", list(itertools.product(["learned", "rope"], [None, WINDOW])))
+def test_n_kv_head_equal_to_n_head_is_mha(pos, w):
+    mha, explicit = variant(pos, None, w), variant(pos, N_HEAD, w, seed=1)
+    explicit.load_state_dict(mha.state_dict())  # same names and shapes
+    x = torch.randint(0, VOCAB, (2, 16))
+    assert torch.equal(logits(explicit, x), logits(mha, x))
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    inv_freq = rope_frequencies(16, theta=10000.0)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(m, n):
+        cos_m, sin_m = rope_tables(inv_freq, torch.tensor([m]))
+        cos_n, sin_n = rope_tables(inv_freq, torch.tensor([n]))
+        return (apply_rope(q, cos_m, sin_m) * apply_rope(k, cos_n, sin_n)).sum().item()
+
+    for m, n, shift in [(5, 2, 100), (0, 0, 3000), (40, 41, 777)]:
+        assert score(m, n) == pytest.approx(score(m + shift, n + shift), abs=1e-4)
+    assert abs(score(5, 2) - score(5, 3)) > 1e-3  # and they do depend on m - n
+
+
+def test_rope_rotates_halves_like_llama():
+    """Rotate-half layout: channel i pairs with channel i + hs/2, rotated by m·θ_i."""
+    x = torch.zeros(1, 1, 1, 8)
+    x[..., 1] = 1.0  # the x1 half, frequency index 1
+    cos, sin = rope_tables(rope_frequencies(8, theta=100.0), torch.tensor([3]))
+    y = apply_rope(x, cos, sin)[0, 0, 0]
+    angle = torch.tensor(3 * 100.0 ** (-2 / 8))
+    torch.testing.assert_close(y[1], angle.cos())
+    torch.testing.assert_close(y[5], angle.sin())  # rotated into the paired channel of the x2 half
+    assert y.abs().sum() - y[1].abs() - y[5].abs() < 1e-7
+
+
+# ---- the fast sliding-window path against the reference ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "T, S, w, block, n_kv",
+    [
+        (64, 64, 8, None, 4),  # T a multiple of the block
+        (70, 70, 8, None, 2),  # ragged last block, GQA
+        (50, 50, 1, None, 1),  # window 1 attends to itself only, MQA
+        (37, 37, 5, 4, 4),  # block smaller than the window
+        (40, 40, 16, 64, 4),  # block larger than T
+        (30, 45, 10, None, 2),  # queries after 15 cached positions (prefill into a cache)
+        (20, 22, 30, None, 4),  # window longer than everything
+    ],
+)
+def test_banded_attention_equals_reference(T, S, w, block, n_kv):
+    torch.manual_seed(T + S + w)
+    q = torch.randn(2, 4, T, 8)
+    k, v = torch.randn(2, n_kv, S, 8), torch.randn(2, n_kv, S, 8)
+    expected = reference_attention(q, k, v, w)
+    torch.testing.assert_close(banded_attention(q, k, v, w, block=block), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attention(q, k, v, w), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_banded_attention_gradients_equal_reference():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 8, requires_grad=True) for _ in range(3))
+    banded_attention(q, k, v, 6).square().sum().backward()
+    fast = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    reference_attention(q, k, v, 6).square().sum().backward()
+    for a, t in zip(fast, (q, k, v)):
+        torch.testing.assert_close(a, t.grad, atol=1e-5, rtol=1e-5)
+
+
+# ---- KV cache: equal to recomputing the full forward, for every combination ----------------------------------
+
+
+def greedy_by_recompute(model, ids, n):
+    with torch.no_grad():
+        for _ in range(n):
+            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+@pytest.mark.parametrize("pos, kv, w", COMBOS, ids=COMBO_IDS)
+@pytest.mark.parametrize("prompt_len", [1, WINDOW - 1, WINDOW, 2 * WINDOW + 3])  # shorter, equal, longer than w
+def test_cache_equals_recompute(pos, kv, w, prompt_len):
+    model = variant(pos, kv, w, scale=6.0)
+    prompt = torch.randint(0, VOCAB, (2, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
+    new = (BLOCK if pos == "learned" else 2 * BLOCK) - prompt_len  # RoPE decodes past block_size
+    cached = model.generate(prompt, new, temperature=0.0)
+    assert len(set(cached[0, prompt_len:].tolist())) > 3, "degenerate test: decoding stalled on one token"
+    assert torch.equal(cached, greedy_by_recompute(model, prompt, new))
+
+
+@pytest.mark.parametrize("pos, kv, w", COMBOS, ids=COMBO_IDS)
+def test_chunked_prefill_into_the_cache_equals_full_forward(pos, kv, w):
+    """Long chunks into a rolling buffer that already holds positions: where causality usually breaks."""
+    model = variant(pos, kv, w)
+    x = torch.randint(0, VOCAB, (2, 30))
+    cache = model.make_kv_cache(batch_size=2, max_len=30)
+    with torch.no_grad():
+        chunks = [model(x[:, a:b], cache) for a, b in [(0, 2), (2, 9), (9, 10), (10, 11), (11, 25), (25, 30)]]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), logits(model, x), atol=1e-5, rtol=1e-5)
+
+
+def test_cache_bytes_gqa_fraction_and_rolling_bound():
+    sizes = {kv: variant("rope", kv).make_kv_cache(1, 1000).nbytes for kv in (None, 2, 1)}
+    assert sizes[2] * 2 == sizes[None] and sizes[1] * 4 == sizes[None]
+    windowed = variant("rope", None, WINDOW)
+    assert windowed.make_kv_cache(1, 100_000).nbytes == windowed.make_kv_cache(1, 1000).nbytes == sizes[None] * WINDOW / 1000
+
+
+# ---- lengths ---------------------------------------------------------------------------------------------------
+
+
+def test_rope_runs_past_block_size_and_learned_refuses():
+    x = torch.randint(0, VOCAB, (1, 3 * BLOCK))
+    assert logits(variant("rope"), x).shape == (1, 3 * BLOCK, VOCAB)
+    with pytest.raises(ValueError, match=f"longer than block_size={BLOCK}"):
+        logits(variant("learned", None, WINDOW), x)
+
+
+# ---- parameters ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pos, kv, w", COMBOS, ids=COMBO_IDS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_parameter_count_formula(pos, kv, w, bias):
+    """V·C + [learned] block·C + L·(attention + MLP + 2 LayerNorms) + final LayerNorm, with
+    attention = C·(nh + 2·nkv)·hs + C·C (+ biases): the K and V projections shrink with nkv."""
+    C, hs, nkv, b = 32, 32 // N_HEAD, kv or N_HEAD, int(bias)
+    attn = C * (N_HEAD + 2 * nkv) * hs + b * (N_HEAD + 2 * nkv) * hs + C * C + b * C
+    mlp = 2 * 4 * C * C + b * (4 * C + C)
+    layer_norm = C + b * C
+    expected = VOCAB * C + (BLOCK * C if pos == "learned" else 0) + N_LAYER * (attn + mlp + 2 * layer_norm) + layer_norm
+    assert variant(pos, kv, w, bias=bias).num_params() == expected
+
+
+# ---- MHA → GQA conversion --------------------------------------------------------------------------------------
+
+
+def with_grouped_equal_heads(model, n_kv):
+    """Make the K and V heads within each group of n_head // n_kv identical (then pooling loses nothing)."""
+    C, hs, group = 32, 32 // N_HEAD, N_HEAD // n_kv
+    with torch.no_grad():
+        for block in model.transformer.h:
+            for param in (block.attn.c_attn.weight, block.attn.c_attn.bias):
+                for part in (1, 2):  # k, v
+                    heads = param[part * C : (part + 1) * C].view(n_kv, group, hs, *param.shape[1:])
+                    heads[:] = heads[:, :1]
+    return model
+
+
+@pytest.mark.parametrize("pos, w", list(itertools.product(["learned", "rope"], [None, WINDOW])))
+@pytest.mark.parametrize("n_kv", [2, 1])
+def test_mha_to_gqa_is_exact_on_grouped_equal_heads(pos, w, n_kv):
+    mha = with_grouped_equal_heads(variant(pos, None, w), n_kv)
+    gqa = mha_to_gqa(mha, n_kv)
+    assert gqa.config.n_kv_head == n_kv and gqa.config.pos_encoding == pos and gqa.config.sliding_window == w
+    assert gqa.num_params() < mha.num_params()
+    x = torch.randint(0, VOCAB, (2, 20))
+    torch.testing.assert_close(logits(gqa, x), logits(mha, x), atol=1e-5, rtol=1e-5)
+
+
+def test_mha_to_gqa_mean_pools_each_group():
+    mha = variant()
+    gqa = mha_to_gqa(mha, 2)
+    w = mha.transformer.h[1].attn.c_attn.weight  # rows: q (32) | k (4 heads × 8) | v (4 heads × 8)
+    k_heads = w[32:64].view(4, 8, 32)
+    expected_k = torch.cat([k_heads[0:2].mean(0), k_heads[2:4].mean(0)])
+    torch.testing.assert_close(gqa.transformer.h[1].attn.c_attn.weight[32:48], expected_k)
+    torch.testing.assert_close(gqa.transformer.h[1].attn.c_attn.weight[:32], w[:32])  # queries untouched
+    with pytest.raises(ValueError, match=r"GPTConfig.n_kv_head \(3\) must divide n_head \(4\)"):
+        mha_to_gqa(mha, 3)
+    with pytest.raises(ValueError, match="already has n_kv_head=2"):
+        mha_to_gqa(gqa, 1)
+
+
+def test_convert_cli_round_trips_through_from_pretrained(hf_checkpoint, tmp_path, capsys):
+    _, directory = hf_checkpoint()  # transformers' GPT-2, 4 heads
+    main(["convert", "--checkpoint", str(directory), "--n-kv-head", "2", "--out", str(tmp_path / "gqa2")])
+    assert "n_kv_head=2" in capsys.readouterr().out
+    loaded = GPT.from_pretrained(tmp_path / "gqa2")
+    expected = mha_to_gqa(GPT.from_pretrained(directory), 2)
+    assert loaded.config == expected.config
+    for (name, a), (_, b) in zip(loaded.state_dict().items(), expected.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("pos, kv, w", COMBOS, ids=COMBO_IDS)
+def test_save_pretrained_round_trips_every_variant(tmp_path, pos, kv, w):
+    model = variant(pos, kv, w, bias=kv is None)
+    loaded = GPT.from_pretrained(save_pretrained(model, tmp_path / "v"))
+    assert loaded.config == model.config
+    x = torch.randint(0, VOCAB, (1, 12))
+    assert torch.equal(logits(loaded, x), logits(model, x))
+
+
+def test_own_format_refuses_unknown_fields(tmp_path):
+    import json
+
+    directory = save_pretrained(variant("rope"), tmp_path / "v")
+    config = json.loads((directory / "config.json").read_text())
+    config["attention_sinks"] = 4
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="fields GPTConfig does not know: attention_sinks"):
+        GPT.from_pretrained(directory)
+
+
+# ---- configuration errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"n_kv_head": 3}, r"GPTConfig.n_kv_head \(3\) must divide n_head \(4\)"),
+        ({"n_kv_head": 0}, "GPTConfig.n_kv_head must be None .* or a positive integer, got 0"),
+        ({"sliding_window": 0}, "GPTConfig.sliding_window must be None .* or an integer >= 1, got 0"),
+        ({"sliding_window": -4}, "GPTConfig.sliding_window must be None .* or an integer >= 1, got -4"),
+        ({"pos_encoding": "alibi"}, "GPTConfig.pos_encoding must be 'learned' or 'rope', got 'alibi'"),
+        ({"pos_encoding": "rope", "n_embd": 36, "n_head": 4}, r"pos_encoding='rope' needs an even head size .* got 9"),
+        ({"pos_encoding": "rope", "rope_theta": 0.0}, "GPTConfig.rope_theta must be > 0"),
+    ],
+)
+def test_invalid_variant_config_names_field_and_rule(fields, message):
+    base = {"vocab_size": VOCAB, "block_size": BLOCK, "n_layer": 1, "n_head": 4, "n_embd": 32}
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**{**base, **fields})

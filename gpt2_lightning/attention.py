@@ -71,11 +71,12 @@ def banded_attention(
     """Sliding-window attention in O(T·w): queries in blocks of `block`, each against only its key span.
 
     Block b of queries needs the `block + window - 1` keys ending at its last query; the spans overlap and are
-    cut from K and V with `unfold`. Work and memory are T·(block + window - 1) instead of T·S.
+    cut from K and V with `unfold`. Work and memory are T·(block + window - 1) instead of T·S. The default
+    block, window // 4 (at least 16), measured fastest on CPU (benchmarks/bench_attention.py --blocks).
     """
     B, H, T, hs = q.shape
     Hk, S = k.size(1), k.size(2)
-    block = block or window
+    block = block or max(16, window // 4)
     n_blocks = math.ceil(T / block)
     right_pad = n_blocks * block - T  # fill the last block
     left_pad = max(0, window - 1 - (S - T))  # give the first query window - 1 predecessors (masked when padding)

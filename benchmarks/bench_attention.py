@@ -1,0 +1,184 @@
+"""What sliding windows and grouped-query attention cost and save, measured on this machine.
+
+Sections (all by default):
+  forward  attention forward time and peak memory vs sequence length (GPT-2 small heads: 12 × 64, batch 1) for
+           full causal SDPA, the banded sliding-window kernel (w = 256, 1024) and, as the naive way, SDPA with a
+           dense (T, T) window mask. Each point runs in a fresh subprocess so its peak RSS is its own.
+  decode   decode tokens/s and KV-cache bytes at context 1k–8k, 124M shape (RoPE so contexts past 1024 exist),
+           for MHA, GQA (n_kv_head 4, 2), MQA, and MHA with a 1024 window (rolling cache).
+  blocks   the banded kernel's query-block size sweep behind its default.
+  flex     FlexAttention with a sliding-window block mask under torch.compile, for comparison (compile cost too).
+
+Usage: python benchmarks/bench_attention.py [--sections forward decode blocks flex] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from gpt2_lightning.attention import attention, banded_attention, visible_mask
+from gpt2_lightning.model import GPT, GPTConfig
+
+LENGTHS = [512, 1024, 2048, 4096, 8192, 16384]
+KINDS = ["full causal", "window 256", "window 1024", "window 256, dense mask"]
+N_HEAD, HEAD_DIM = 12, 64
+
+
+def median_ms(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def attention_call(kind: str, q, k, v):
+    if kind == "full causal":
+        return lambda: attention(q, k, v)
+    if kind == "window 256, dense mask":
+        mask = visible_mask(q.size(2), k.size(2), 256, q.device)
+        return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return lambda: attention(q, k, v, window=int(kind.split()[1]))
+
+
+def one_point(T: int, kind: str) -> dict:
+    """Time and peak memory of one forward; run in its own process (see `forward_section`)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, N_HEAD, T, HEAD_DIM) for _ in range(3))
+    with torch.inference_mode():
+        fn = attention_call(kind, q, k, v)
+        before = rss_mb()
+        fn()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+        ms = median_ms(fn, repeats=3 if T <= 8192 else 1)
+    return {"ms": ms, "peak_mb": max(peak, 0.0)}
+
+
+def forward_section(threads: int) -> None:
+    results = {}
+    for T in LENGTHS:
+        for kind in KINDS:
+            out = subprocess.run(
+                [sys.executable, __file__, "--point", str(T), kind, "--threads", str(threads)],
+                capture_output=True, text=True, check=True,
+            )
+            results[T, kind] = json.loads(out.stdout.strip().splitlines()[-1])
+    print("\n## Attention forward (1 × 12 heads × 64), median ms | peak MB above inputs")
+    print("| T | " + " | ".join(KINDS) + " | window 256 speed-up |")
+    print("|---:|" + "---:|" * (len(KINDS) + 1))
+    for T in LENGTHS:
+        cells = [f"{results[T, kind]['ms']:.1f} ms, {results[T, kind]['peak_mb']:.0f} MB" for kind in KINDS]
+        speedup = results[T, "full causal"]["ms"] / results[T, "window 256"]["ms"]
+        print(f"| {T} | " + " | ".join(cells) + f" | {speedup:.1f}× |")
+    print("\nGrowth from T to 2T (time ratio): 2.0 is linear, 4.0 quadratic")
+    for kind in KINDS:
+        ratios = [results[b, kind]["ms"] / results[a, kind]["ms"] for a, b in itertools.pairwise(LENGTHS)]
+        print(f"- {kind}: " + ", ".join(f"{r:.1f}" for r in ratios))
+
+
+def decode_section(new_tokens: int = 16) -> None:
+    variants = {
+        "MHA (12 kv heads)": {},
+        "GQA, 4 kv heads": {"n_kv_head": 4},
+        "GQA, 2 kv heads": {"n_kv_head": 2},
+        "MQA (1 kv head)": {"n_kv_head": 1},
+        "MHA + window 1024": {"sliding_window": 1024},
+    }
+    contexts = [1024, 2048, 4096, 8192]
+    print("\n## Decode at the 124M shape (RoPE), batch 1: tokens/s | KV cache MB (fp32; fp16 is half)")
+    print("| variant | " + " | ".join(f"context {c}" for c in contexts) + " |")
+    print("|---|" + "---:|" * len(contexts))
+    for name, fields in variants.items():
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(pos_encoding="rope", **fields)).eval()
+        token = torch.zeros(1, 1, dtype=torch.long)
+        cells = []
+        for context in contexts:
+            cache = model.make_kv_cache(1, context + new_tokens + 2)
+            cache.k.normal_(), cache.v.normal_()  # stands in for a prefilled context: decode cost is the same
+            with torch.inference_mode():
+                cache.pos = context
+                model(token, cache)  # warm-up
+                start = time.perf_counter()
+                for _ in range(new_tokens):
+                    model(token, cache)
+                per_token = (time.perf_counter() - start) / new_tokens
+            cells.append(f"{1 / per_token:.1f} tok/s, {cache.nbytes / 2**20:.0f} MB")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def blocks_section() -> None:
+    print("\n## Banded kernel: query block size (ms, 1 × 12 × T × 64)")
+    print("| T, window | block 32 | block 64 | block 128 | block 256 | block = window |")
+    print("|---|---:|---:|---:|---:|---:|")
+    with torch.inference_mode():
+        for T, w in [(8192, 256), (8192, 1024), (4096, 64)]:
+            q, k, v = (torch.randn(1, N_HEAD, T, HEAD_DIM) for _ in range(3))
+            cells = [
+                median_ms(lambda b=b, q=q, k=k, v=v, w=w: banded_attention(q, k, v, w, block=b))
+                for b in (32, 64, 128, 256, w)
+            ]
+            print(f"| {T}, {w} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+
+
+def flex_section(T: int = 8192, window: int = 256) -> None:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def sliding_causal(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
+
+    q, k, v = (torch.randn(1, N_HEAD, T, HEAD_DIM) for _ in range(3))
+    block_mask = create_block_mask(sliding_causal, None, None, T, T, device="cpu")
+    compiled = torch.compile(flex_attention)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        out = compiled(q, k, v, block_mask=block_mask)
+        first = time.perf_counter() - start
+        flex_ms = median_ms(lambda: compiled(q, k, v, block_mask=block_mask))
+        banded_ms = median_ms(lambda: attention(q, k, v, window=window))
+        causal_ms = median_ms(lambda: attention(q, k, v))
+        err = (out - attention(q, k, v, window=window)).abs().max().item()
+    print(f"\n## FlexAttention (torch.compile) vs the eager banded kernel, T={T}, window {window}")
+    print("| kernel | ms | first call |\n|---|---:|---:|")
+    print(f"| FlexAttention + block mask, compiled | {flex_ms:.1f} | {first:.1f} s (compile) |")
+    print(f"| banded SDPA, eager | {banded_ms:.1f} | no compile |")
+    print(f"| full causal SDPA, eager | {causal_ms:.1f} | no compile |")
+    print(f"max |flex - banded| = {err:.2e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", default=["forward", "decode", "blocks", "flex"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--point", nargs=2, metavar=("T", "KIND"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.point:
+        print(json.dumps(one_point(int(args.point[0]), args.point[1])))
+        return
+    print(f"torch {torch.__version__}, {args.threads} threads")
+    sections = {"forward": lambda: forward_section(args.threads), "decode": decode_section,
+                "blocks": blocks_section, "flex": flex_section}
+    for name in args.sections:
+        sections[name]()
+
+
+if __name__ == "__main__":
+    main()

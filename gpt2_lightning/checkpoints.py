@@ -250,8 +250,29 @@ def load_state_dict_strict(model: GPT, state_dict: dict[str, torch.Tensor], sour
     model.load_state_dict(state_dict, strict=False)  # strict=False only for the tied lm_head, checked above
 
 
+def load_lightning_checkpoint(path: Path) -> GPT:
+    """The GPT inside a Lightning `.ckpt` file written by `gpt2-lightning fit`."""
+    try:
+        with torch.serialization.safe_globals([GPTConfig]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        config = checkpoint["hyper_parameters"]["config"]
+        state = checkpoint["state_dict"]
+    except Exception as err:
+        raise CheckpointError(
+            f"{path} is not a readable gpt2-lightning training checkpoint ({type(err).__name__}: {err})"
+        ) from err
+    config = config if isinstance(config, GPTConfig) else config_from_own(dict(config))
+    prefix = "model."
+    weights = {k.removeprefix(prefix).replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith(prefix)}
+    model = GPT(config)
+    load_state_dict_strict(model, weights, source=str(path))
+    return model.eval()
+
+
 def load_pretrained(name_or_path: str | os.PathLike) -> GPT:
     """`GPT.from_pretrained`: an HF-format directory or hub id → a GPT in eval mode, every weight checked."""
+    if Path(name_or_path).is_file() and Path(name_or_path).suffix == ".ckpt":
+        return load_lightning_checkpoint(Path(name_or_path))
     directory = resolve_checkpoint(name_or_path)
     config, is_hf = read_config(directory)
     tensors = read_tensors(directory)

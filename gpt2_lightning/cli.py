@@ -1,17 +1,28 @@
-"""The `gpt2-lightning` command: `generate` text from a checkpoint, `download` OpenAI's weights, `convert` them."""
+"""The `gpt2-lightning` command.
+
+`fit | validate | test | predict` are LightningCLI (configs under configs/); `generate` prints text from a
+checkpoint, `download` fetches OpenAI's weights, `convert` turns a checkpoint into grouped-query attention.
+"""
 
 from __future__ import annotations
 
 import argparse
 import codecs
+import os
 import sys
 from collections.abc import Sequence
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gpt2_lightning.checkpoints import HUB_MODELS, CheckpointError, download, mha_to_gqa, save_pretrained
+from gpt2_lightning.data import GPT2DataModule
 from gpt2_lightning.model import GPT
+from gpt2_lightning.module import GPT2LightningModule
 from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer
+from gpt2_lightning.training import AtomicCheckpointIO
 
 
 def pick_device(name: str) -> torch.device:
@@ -99,7 +110,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+class GPT2LightningCLI(LightningCLI):
+    """LightningCLI with the data's block_size tied to the model's and last.ckpt kept in a fixed place."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.config.block_size", "data.block_size")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 100,
+                             "checkpoint.save_top_k": 0})
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make its saves atomic
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def after_fit(self) -> None:
+        """Show what the model learned: a short sample from the trained weights (single process, unsharded)."""
+        trainer, module = self.trainer, self.model
+        if trainer.world_size > 1 or not trainer.is_global_zero:
+            return
+        tokenizer = get_tokenizer()
+        prompt = torch.tensor([[EOT_ID]], device=module.device)
+        model = module.model.eval()
+        max_new = min(100, model.config.block_size - 1) if model.config.pos_encoding == "learned" else 100
+        out = model.generate(prompt, max_new, temperature=0.8, top_k=200, generator=torch.Generator(module.device).manual_seed(0))
+        print("\n--- sample from the trained model ---\n" + tokenizer.decode(out[0, 1:].tolist()) + "\n---")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("checkpoint") and config.checkpoint.dirpath is None:
+            # {default_root_dir}/checkpoints/last.ckpt, the same for every run, so `--ckpt_path last` finds it
+            config.checkpoint.dirpath = os.path.join(config.trainer.default_root_dir or os.getcwd(), "checkpoints")
+
+
+def run_lightning(argv: Sequence[str] | None) -> None:
+    """LightningCLI on `argv` (None: the command line)."""
+    GPT2LightningCLI(GPT2LightningModule, GPT2DataModule, args=argv, save_config_kwargs={"overwrite": True})
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words and words[0] in LIGHTNING_COMMANDS:
+        return run_lightning(argv)
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

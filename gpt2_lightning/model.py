@@ -226,6 +226,19 @@ class GPT(nn.Module):
         """Number of parameters, the tied embedding / LM head counted once (as OpenAI counts them)."""
         return sum(p.numel() for p in self.parameters())
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token for sequences of `seq_len` (2 per multiply-add; training is 3× this).
+
+        2·(weights of every matmul, LM head included) + 4·n_layer·n_embd·S, where S is the mean number of keys a
+        query reads: (T+1)/2 with full causal attention, min(t+1, w) averaged over positions with a window w.
+        """
+        c, T = self.config, seq_len
+        per_layer = c.n_embd * (c.n_head + 2 * c.kv_heads) * c.head_dim + c.n_embd**2 + 8 * c.n_embd**2
+        matmul_weights = c.n_layer * per_layer + c.vocab_size * c.n_embd
+        w = c.sliding_window or T
+        keys = (sum(range(1, min(w, T) + 1)) + max(T - w, 0) * w) / T  # mean of min(t + 1, w) over t < T
+        return 2 * matmul_weights + 4 * c.n_layer * c.n_embd * keys
+
     def _check_length(self, length: int) -> None:
         """Learned positions stop at block_size; rotary positions run on (block_size is then the training length)."""
         if self.config.pos_encoding == "learned" and length > self.config.block_size:

@@ -1,0 +1,232 @@
+"""The LightningModule: next-token loss, AdamW groups, warmup + cosine schedule, logging, FSDP2 wrapping.
+
+It holds no data logic (the DataModule does) and no device logic beyond what Lightning hands it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+
+from gpt2_lightning.checkpoints import mha_to_gqa
+from gpt2_lightning.model import GPT, GPTConfig
+
+# Dense bf16 tensor-core peaks (FLOP/s) by GPU name; MFU divides by these. CPUs are measured at fit start.
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "V100": 125e12,
+                  "4090": 165e12, "3090": 71e12}
+
+
+def measure_cpu_peak_flops(n: int = 2048, repeats: int = 3) -> float:
+    """This CPU's fp32 matmul rate, the best of a few (n × n) @ (n × n) products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class GPT2LightningModule(L.LightningModule):
+    """GPT trained on next-token prediction. Every GPTConfig field is set under `model.config` in YAML."""
+
+    def __init__(
+        self,
+        config: GPTConfig = GPTConfig(),  # noqa: B008 - a value, never mutated
+        learning_rate: float = 6e-4,
+        min_learning_rate: float = 6e-5,
+        warmup_steps: int = 100,
+        lr_decay_steps: int | None = None,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        init_from: str | None = None,
+        compile: bool = False,
+        peak_flops: float | None = None,
+    ) -> None:
+        """
+        Args:
+            config: the architecture (every variant field: pos_encoding, n_kv_head, sliding_window, ...).
+            learning_rate: peak learning rate, reached after `warmup_steps` linear warmup steps.
+            min_learning_rate: where the cosine decay ends, at `lr_decay_steps` (default: trainer.max_steps).
+            weight_decay: AdamW decay on weight matrices only (not biases, LayerNorms or embeddings).
+            betas: AdamW betas.
+            init_from: a hub id or checkpoint directory to fine-tune from; its architecture wins over `config`,
+                except dropout, n_kv_head (converted with mha_to_gqa) and sliding_window, applied on top.
+            compile: torch.compile the model's forward (state-dict keys stay unprefixed).
+            peak_flops: FLOP/s that MFU divides by (default: a table for GPUs, a measured matmul rate for CPUs).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if warmup_steps < 0 or learning_rate <= 0 or not 0 <= min_learning_rate <= learning_rate:
+            raise ValueError(
+                "model: need learning_rate > 0, 0 <= min_learning_rate <= learning_rate and warmup_steps >= 0, got "
+                f"{learning_rate}, {min_learning_rate}, {warmup_steps}"
+            )
+        self.model = self._build(config, init_from)
+        self.config = self.model.config
+        self.val_loss = MeanMetric()
+        self.val_ppl = Perplexity()
+        self._rng_state: torch.Tensor | None = None
+        self._step_started: float | None = None
+        self.peak: float | None = None  # FLOP/s for MFU, settled at train start
+
+    @staticmethod
+    def _build(config: GPTConfig, init_from: str | None) -> GPT:
+        if init_from is None:
+            return GPT(config)
+        model = GPT.from_pretrained(init_from).train()
+        if config.n_kv_head is not None and config.n_kv_head != model.config.kv_heads:
+            model = mha_to_gqa(model, config.n_kv_head)
+        wanted = dataclasses.replace(model.config, dropout=config.dropout, sliding_window=config.sliding_window)
+        if wanted != model.config:
+            rebuilt = GPT(wanted)
+            rebuilt.load_state_dict(model.state_dict())
+            model = rebuilt
+        return model
+
+    def configure_model(self) -> None:
+        if getattr(self, "device_mesh", None) is not None:  # ModelParallelStrategy: FSDP2
+            from gpt2_lightning.parallel import shard_model
+
+            bf16 = self.device_mesh.device_type == "cuda" and torch.cuda.is_bf16_supported()
+            shard_model(self.model, self.device_mesh["data_parallel"], bf16=bf16)
+        if self.hparams.compile:
+            self.model.compile()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)
+
+    def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = batch  # (B, T) each
+        logits = self.model(inputs)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()), logits
+
+    # ---- training -------------------------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        if self._rng_state is not None:  # resumed: continue the RNG stream (dropout) where the checkpoint left it
+            torch.set_rng_state(self._rng_state)
+            self._rng_state = None
+        if self.hparams.peak_flops is None:
+            device = self.device
+            if device.type == "cuda":
+                name = torch.cuda.get_device_name(device)
+                self.peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)
+            else:
+                self.peak = measure_cpu_peak_flops()
+        else:
+            self.peak = self.hparams.peak_flops
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self._step_started is None:
+            self._step_started = time.perf_counter()
+        loss, _ = self._loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"train/loss is {loss.item()} at step {self.global_step}: training diverged. Lower "
+                "model.learning_rate, raise model.warmup_steps, set trainer.gradient_clip_val (e.g. 1.0), or use "
+                "fp32/bf16 instead of fp16. Checkpoints and logs so far are kept."
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
+        if norms:
+            total = torch.stack([n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]).norm(2)
+            self.log("train/grad_norm", total)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        trainer = self.trainer
+        if (batch_idx + 1) % trainer.accumulate_grad_batches or self._step_started is None:
+            return
+        elapsed = time.perf_counter() - self._step_started
+        self._step_started = None
+        inputs = batch[0]
+        tokens = inputs.numel() * trainer.accumulate_grad_batches * trainer.world_size
+        tokens_per_sec = tokens / elapsed
+        self.log("train/tokens_per_sec", tokens_per_sec, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        if self.peak:
+            flops = 3 * self.model.flops_per_token(inputs.size(1)) * tokens_per_sec
+            self.log("train/mfu", flops / (self.peak * trainer.world_size))
+
+    # ---- validation ----------------------------------------------------------------------------------------
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, logits = self._loss(batch)
+        self.val_loss.update(loss)
+        self.val_ppl.update(logits.float(), batch[1])
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        self.log("val/ppl", self.val_ppl)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        loss, _ = self._loss(batch)
+        self.log("test/loss", loss)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self.model(batch[0])[:, -1].argmax(-1)  # the next token after each sequence
+
+    # ---- optimisation --------------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_matrix = p.dim() >= 2 and not name.startswith(("transformer.wte", "transformer.wpe"))
+            (decay if is_matrix else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), fused=fused,
+                                      foreach=None if fused else True)
+        decay_steps = hp.lr_decay_steps or self.trainer.max_steps
+        if decay_steps is None or decay_steps <= 0:
+            raise ValueError("set trainer.max_steps (or model.lr_decay_steps): the cosine schedule needs a length")
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, hp.warmup_steps, decay_steps, hp.min_learning_rate / hp.learning_rate)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("config")
+        if saved is not None:
+            saved = saved if isinstance(saved, dict) else dataclasses.asdict(saved)
+            now = dataclasses.asdict(self.config)
+            differ = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in now.items() if saved.get(k) != v]
+            if differ:
+                raise ValueError(
+                    "the checkpoint was trained with a different model config (" + "; ".join(differ) + "). Resume "
+                    "with the run's own config (its config.yaml sits next to the logs), or start a new run from "
+                    "its weights with model.init_from."
+                )
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if "._orig_mod." in k or k.startswith("_orig_mod.")]:  # torch.compile'd elsewhere
+            state[key.replace("_orig_mod.", "")] = state.pop(key)
+        self._rng_state = checkpoint.get("torch_rng_state")
+
+
+def lr_factor(step: int, warmup: int, decay_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate: linear warmup, cosine decay to min_ratio at decay_steps, then flat."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if step >= decay_steps:
+        return min_ratio
+    progress = (step - warmup) / max(1, decay_steps - warmup)
+    return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)

@@ -1,0 +1,186 @@
+"""Training through the real `gpt2-lightning fit` path: logging, exact resume, bad input, atomic saves, data."""
+
+import glob
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gpt2_lightning.cli import main
+from gpt2_lightning.data import DataError, GPT2DataModule, PackedWindows, builtin_documents
+from gpt2_lightning.model import GPT
+from gpt2_lightning.module import GPT2LightningModule, lr_factor
+
+TINY = [
+    "--model.config.n_layer", "2", "--model.config.n_head", "2", "--model.config.n_embd", "32",
+    "--model.config.block_size", "32", "--model.warmup_steps", "4", "--model.learning_rate", "3e-3",
+    "--data.batch_size", "4", "--trainer.val_check_interval", "8", "--trainer.check_val_every_n_epoch", "null",
+    "--trainer.limit_val_batches", "2", "--data.val_batches", "2", "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    "--model.peak_flops", "1e11", "--checkpoint.every_n_train_steps", "4", "--seed_everything", "7",
+]
+
+
+def fit(root, *extra):
+    main(["fit", *TINY, "--trainer.default_root_dir", str(root), *extra])
+
+
+def scalars(root, tag):
+    """{step: value} of a TensorBoard tag over every logged version under root (later versions win)."""
+    values = {}
+    for path in sorted(glob.glob(f"{root}/lightning_logs/version_*")):
+        events = EventAccumulator(path)
+        events.Reload()
+        if tag in events.Tags()["scalars"]:
+            values.update({e.step: e.value for e in events.Scalars(tag)})
+    return values
+
+
+def test_fit_logs_every_metric_and_the_loss_falls(tmp_path):
+    fit(tmp_path, "--trainer.max_steps", "24")
+    for tag in ("train/loss", "val/loss", "val/ppl", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/mfu"):
+        assert scalars(tmp_path, tag), f"{tag} was not logged"
+    loss = scalars(tmp_path, "train/loss")
+    assert len(loss) == 24
+    assert sum(list(loss.values())[-4:]) < sum(list(loss.values())[:4])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    model = GPT.from_pretrained(tmp_path / "checkpoints" / "last.ckpt")  # generate --checkpoint accepts .ckpt
+    assert model.config.n_layer == 2
+
+
+@pytest.fixture
+def small_corpus(tmp_path):
+    """A finite corpus of ~40 windows per epoch, so 16 steps of 4 cross an epoch boundary."""
+    docs = builtin_documents()[:30]
+    paths = []
+    for i, doc in enumerate(docs):
+        path = tmp_path / "corpus" / f"{i:02d}.txt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(doc[:600])
+        paths.append(str(path))
+    return ["--data.source", "files", "--data.paths", str(tmp_path / "corpus" / "*.txt"), "--data.val_every", "10"]
+
+
+def test_resume_twice_across_an_epoch_boundary_is_exact(tmp_path, small_corpus):
+    data = [*small_corpus, "--model.config.dropout", "0.1", "--model.lr_decay_steps", "16"]  # same schedule in every leg
+    fit(tmp_path / "straight", *data, "--trainer.max_steps", "16")
+    fit(tmp_path / "resumed", *data, "--trainer.max_steps", "8")
+    fit(tmp_path / "resumed", *data, "--trainer.max_steps", "12", "--ckpt_path", "last")
+    fit(tmp_path / "resumed", *data, "--trainer.max_steps", "16", "--ckpt_path", "last")
+    straight, resumed = scalars(tmp_path / "straight", "train/loss"), scalars(tmp_path / "resumed", "train/loss")
+    assert sorted(straight) == sorted(resumed) == list(range(16))
+    for step in straight:
+        assert resumed[step] == pytest.approx(straight[step], abs=1e-4), step
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        fit(tmp_path, "--model.config.n_layers", "3")
+    assert "n_layers" in capsys.readouterr().err
+
+
+def test_resume_with_another_model_config_is_refused(tmp_path):
+    fit(tmp_path, "--trainer.max_steps", "4")
+    with pytest.raises(ValueError, match="different model config.*n_embd: checkpoint 32, config 64"):
+        fit(tmp_path, "--trainer.max_steps", "8", "--model.config.n_embd", "64", "--ckpt_path", "last")
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # the error path keeps the checkpoint
+
+
+def test_a_save_killed_midway_leaves_last_ckpt_intact(tmp_path, monkeypatch):
+    fit(tmp_path, "--trainer.max_steps", "4")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def dies_midway(checkpoint, filepath):  # the process dies after writing the first bytes of the file
+        with open(filepath, "wb") as out:
+            out.write(b"partial")
+        raise OSError("killed mid-save")  # stands in for the process dying here
+
+    monkeypatch.setattr("lightning.fabric.plugins.io.torch_io._atomic_save", dies_midway)
+    with pytest.raises(BaseException, match="killed mid-save"):
+        fit(tmp_path, "--trainer.max_steps", "8", "--ckpt_path", "last")
+    assert last.read_bytes() == before
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_minimum():
+    assert lr_factor(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100, 0.1) == pytest.approx(0.55)  # half way through the cosine
+    assert lr_factor(100, 10, 100, 0.1) == lr_factor(500, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_weight_decay_only_on_matrices():
+    from gpt2_lightning.model import GPTConfig
+
+    module = GPT2LightningModule(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8))
+
+    class FakeTrainer:
+        max_steps = 10
+
+    module._trainer = FakeTrainer()
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    decayed = {id(p) for p in groups[0]["params"]}
+    names = {n for n, p in module.model.named_parameters() if id(p) in decayed}
+    assert names == {"transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.weight",
+                     "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_proj.weight"}
+
+
+# ---- data ------------------------------------------------------------------------------------------------------
+
+
+def windows(rank=0, world=1, train=True, batches=6, **kwargs):
+    data = PackedWindows(builtin_documents, 32, 4, rank, world, 20, train, seed=1, max_batches=batches, **kwargs)
+    return [x.tolist() + [y[-1].item()] for x, y in data]
+
+
+def test_ranks_see_disjoint_data_and_the_same_number_of_batches():
+    a, b = windows(rank=0, world=2), windows(rank=1, world=2)
+    assert len(a) == len(b) == 24
+    assert not {tuple(w) for w in a} & {tuple(w) for w in b}
+
+
+def test_validation_documents_are_held_out():
+    train = {tuple(w) for w in windows(batches=200)}
+    val = {tuple(w) for w in windows(train=False, batches=20)}
+    assert not train & val
+
+
+def test_resumed_stream_continues_exactly_where_it_stopped():
+    full = windows(batches=10)
+    assert windows(batches=10, start_batch=4) == full[16:]
+
+
+def test_dataloader_workers_keep_the_order():
+    module = GPT2DataModule(block_size=32, batch_size=4, num_workers=0)
+    with_workers = GPT2DataModule(block_size=32, batch_size=4, num_workers=2)
+    take = lambda dm: [x for x, _ in zip(dm.train_dataloader(), range(6))]  # noqa: E731
+    for a, b in zip(take(module), take(with_workers)):
+        assert torch.equal(a[0], b[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"source": "files", "paths": ["/nonexistent/*.txt"]}, "no files match"),
+        ({"source": "files"}, "data.source=files needs data.paths"),
+        ({"source": "s3"}, "data.source must be 'builtin', 'files' or 'hf'"),
+    ],
+)
+def test_bad_sources_say_what_to_pass(kwargs, message):
+    with pytest.raises(DataError, match=message):
+        dm = GPT2DataModule(**kwargs)
+        next(iter(dm.train_dataloader()))
+
+
+def test_empty_corpus_is_reported(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    dm = GPT2DataModule(source="files", paths=[str(tmp_path / "empty.txt")], block_size=32)
+    with pytest.raises(DataError, match="yields no window of block_size"):
+        next(iter(dm.train_dataloader()))
+
+
+def test_offline_hub_dataset_says_what_to_pass_instead():
+    dm = GPT2DataModule(source="hf", block_size=32)
+    with pytest.raises(DataError, match="could not stream 'Skylion007/openwebtext'.*data.source=builtin"):
+        next(iter(dm.train_dataloader()))

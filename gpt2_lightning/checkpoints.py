@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -250,11 +251,28 @@ def load_state_dict_strict(model: GPT, state_dict: dict[str, torch.Tensor], sour
     model.load_state_dict(state_dict, strict=False)  # strict=False only for the tied lm_head, checked above
 
 
+def read_lightning_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint as one dict: a `.ckpt` file, or the sharded `.ckpt` directory FSDP2 writes."""
+    with torch.serialization.safe_globals([GPTConfig]):
+        if not path.is_dir():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:  # gather the shards into one file, without a process group
+            dcp_to_torch_save(path, Path(tmp) / "full.pt")
+            checkpoint = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)
+        checkpoint.update(torch.load(path / "meta.pt", map_location="cpu", weights_only=True))
+        return checkpoint
+
+
+def is_lightning_checkpoint(path: Path) -> bool:
+    return path.suffix == ".ckpt" and (path.is_file() or (path / "meta.pt").is_file())
+
+
 def load_lightning_checkpoint(path: Path) -> GPT:
-    """The GPT inside a Lightning `.ckpt` file written by `gpt2-lightning fit`."""
+    """The GPT inside a Lightning checkpoint written by `gpt2-lightning fit` (single file or sharded)."""
     try:
-        with torch.serialization.safe_globals([GPTConfig]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_lightning_checkpoint(path)
         config = checkpoint["hyper_parameters"]["config"]
         state = checkpoint["state_dict"]
     except Exception as err:
@@ -270,8 +288,9 @@ def load_lightning_checkpoint(path: Path) -> GPT:
 
 
 def load_pretrained(name_or_path: str | os.PathLike) -> GPT:
-    """`GPT.from_pretrained`: an HF-format directory or hub id → a GPT in eval mode, every weight checked."""
-    if Path(name_or_path).is_file() and Path(name_or_path).suffix == ".ckpt":
+    """`GPT.from_pretrained`: an HF-format or own-format directory, a hub id, or a Lightning checkpoint → a GPT in
+    eval mode, every weight checked."""
+    if is_lightning_checkpoint(Path(name_or_path)):
         return load_lightning_checkpoint(Path(name_or_path))
     directory = resolve_checkpoint(name_or_path)
     config, is_hf = read_config(directory)

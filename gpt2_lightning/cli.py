@@ -11,13 +11,14 @@ import codecs
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from gpt2_lightning.checkpoints import HUB_MODELS, CheckpointError, download, mha_to_gqa, save_pretrained
+from gpt2_lightning.checkpoints import HUB_MODELS, CheckpointError, download, mha_to_gqa, save_hf, save_pretrained
 from gpt2_lightning.data import GPT2DataModule
 from gpt2_lightning.model import GPT
 from gpt2_lightning.module import GPT2LightningModule
@@ -73,12 +74,13 @@ def run_download(args: argparse.Namespace) -> None:
 def run_convert(args: argparse.Namespace) -> None:
     model = GPT.from_pretrained(args.checkpoint)
     before = model.num_params()
-    model = mha_to_gqa(model, args.n_kv_head)
-    save_pretrained(model, args.out)
-    print(
-        f"{args.checkpoint} → n_kv_head={args.n_kv_head} (key/value heads mean-pooled per group): "
-        f"{before:,} → {model.num_params():,} parameters, saved to {args.out}"
-    )
+    if args.n_kv_head is not None:
+        model = mha_to_gqa(model, args.n_kv_head)
+    # plain GPT-2 goes out in transformers' format (readable by both); any variant in this package's own
+    save = save_hf if model.config.is_gpt2 else save_pretrained
+    save(model, args.out)
+    change = f"n_kv_head={args.n_kv_head} (key/value heads mean-pooled per group), " if args.n_kv_head else ""
+    print(f"{args.checkpoint} → {change}{before:,} → {model.num_params():,} parameters, saved to {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,15 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--dir", default=None, help="target directory (default: checkpoints/<name>)")
     dl.set_defaults(run=run_download)
 
-    conv = commands.add_parser("convert", help="turn a multi-head checkpoint into grouped-query attention")
-    conv.add_argument("--checkpoint", required=True, help="hub id or checkpoint directory of a multi-head model")
-    conv.add_argument("--n-kv-head", type=int, required=True, help="key/value heads; must divide n_head")
+    conv = commands.add_parser(
+        "convert",
+        help="re-save any checkpoint (a Lightning .ckpt, sharded or not, included) as one directory, optionally "
+        "turning multi-head attention into grouped-query attention",
+    )
+    conv.add_argument("--checkpoint", required=True, help="hub id, checkpoint directory or Lightning .ckpt")
+    conv.add_argument("--n-kv-head", type=int, default=None, help="key/value heads to convert to (divides n_head)")
     conv.add_argument("--out", required=True, help="directory to write config.json + model.safetensors to")
     conv.set_defaults(run=run_convert)
     return parser
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+QUICKSTART = Path(__file__).parent / "quickstart.yaml"  # the embedded default every Lightning command starts from
 
 
 class GPT2LightningCLI(LightningCLI):
@@ -149,7 +156,14 @@ class GPT2LightningCLI(LightningCLI):
 
 def run_lightning(argv: Sequence[str] | None) -> None:
     """LightningCLI on `argv` (None: the command line)."""
-    GPT2LightningCLI(GPT2LightningModule, GPT2DataModule, args=argv, save_config_kwargs={"overwrite": True})
+    defaults = {"default_config_files": [str(QUICKSTART)]}
+    GPT2LightningCLI(
+        GPT2LightningModule,
+        GPT2DataModule,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={command: defaults for command in LIGHTNING_COMMANDS},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -100,6 +100,8 @@ class GPT2LightningModule(L.LightningModule):
 
             bf16 = self.device_mesh.device_type == "cuda" and torch.cuda.is_bf16_supported()
             shard_model(self.model, self.device_mesh["data_parallel"], bf16=bf16)
+            if self.model.lm_head.weight is not self.model.transformer.wte.weight:
+                raise RuntimeError("sharding untied the LM head from the token embedding; they must share a unit")
         if self.hparams.compile:
             self.model.compile()
 
@@ -114,6 +116,14 @@ class GPT2LightningModule(L.LightningModule):
     # ---- training -------------------------------------------------------------------------------------------
 
     def on_train_start(self) -> None:
+        if hasattr(self.model, "reshard"):  # FSDP2 keeps the root unsharded after a forward (sanity validation)
+            self.model.reshard()
+        total = self.model.num_params()
+        local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in self.model.parameters())
+        # per-rank memory: with FSDP each rank holds ~1/world of parameters, gradients and AdamW's two moments
+        print(f"rank {self.global_rank}: holds {local:,} of {total:,} parameters ({local / total:.1%})", flush=True)
+        if self.logger is not None and self.trainer.is_global_zero:
+            self.logger.log_metrics({"system/param_shard_fraction": local / total}, step=0)
         if self._rng_state is not None:  # resumed: continue the RNG stream (dropout) where the checkpoint left it
             torch.set_rng_state(self._rng_state)
             self._rng_state = None

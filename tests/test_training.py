@@ -154,7 +154,7 @@ def test_resumed_stream_continues_exactly_where_it_stopped():
 def test_dataloader_workers_keep_the_order():
     module = GPT2DataModule(block_size=32, batch_size=4, num_workers=0)
     with_workers = GPT2DataModule(block_size=32, batch_size=4, num_workers=2)
-    take = lambda dm: [x for x, _ in zip(dm.train_dataloader(), range(6))]  # noqa: E731
+    take = lambda dm: [x for x, _ in zip(dm.train_dataloader(), range(6))]
     for a, b in zip(take(module), take(with_workers)):
         assert torch.equal(a[0], b[0])
 

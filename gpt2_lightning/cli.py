@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from gpt2_lightning.checkpoints import HUB_MODELS, CheckpointError, download, mha_to_gqa, save_hf, save_pretrained
 from gpt2_lightning.data import GPT2DataModule
@@ -154,22 +155,30 @@ class GPT2LightningCLI(LightningCLI):
             config.checkpoint.dirpath = os.path.join(config.trainer.default_root_dir or os.getcwd(), "checkpoints")
 
 
-def run_lightning(argv: Sequence[str] | None) -> None:
-    """LightningCLI on `argv` (None: the command line)."""
+def run_lightning(argv: Sequence[str] | None, command: str) -> None:
+    """LightningCLI on `argv` (None: the command line); bad input ends in one line saying what to change."""
     defaults = {"default_config_files": [str(QUICKSTART)]}
-    GPT2LightningCLI(
-        GPT2LightningModule,
-        GPT2DataModule,
-        args=argv,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={command: defaults for command in LIGHTNING_COMMANDS},
-    )
+    try:
+        GPT2LightningCLI(
+            GPT2LightningModule,
+            GPT2DataModule,
+            args=argv,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={name: defaults for name in LIGHTNING_COMMANDS},
+        )
+    except FileNotFoundError as err:
+        sys.exit(
+            f"gpt2-lightning {command}: error: {err}. Pass an existing checkpoint to --ckpt_path, or `--ckpt_path "
+            "last` to resume the latest run under --trainer.default_root_dir."
+        )
+    except (ValueError, FloatingPointError, MisconfigurationException) as err:  # config, devices, data, divergence
+        sys.exit(f"gpt2-lightning {command}: error: {err}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     words = sys.argv[1:] if argv is None else list(argv)
     if words and words[0] in LIGHTNING_COMMANDS:
-        return run_lightning(argv)
+        return run_lightning(argv, words[0])
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

@@ -257,6 +257,9 @@ class GPT2DataModule(L.LightningDataModule):
         return self._loader(train=False)
 
     def test_dataloader(self) -> DataLoader:
+        return self._loader(train=False)  # the held-out documents
+
+    def predict_dataloader(self) -> DataLoader:
         return self._loader(train=False)
 
     def consumed_batches(self) -> int:
@@ -272,6 +275,7 @@ class GPT2DataModule(L.LightningDataModule):
             "batch_size": self.batch_size,
             "block_size": self.block_size,
             "source": self.source,
+            "num_workers": self.num_workers,  # informational: any worker count resumes the same sequence
         }
 
     def load_state_dict(self, state: dict) -> None:

@@ -67,6 +67,8 @@ class GPT2LightningModule(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        if isinstance(config, dict):  # as checkpoints store it (`load_from_checkpoint`)
+            config = GPTConfig(**config)
         if warmup_steps < 0 or learning_rate <= 0 or not 0 <= min_learning_rate <= learning_rate:
             raise ValueError(
                 "model: need learning_rate > 0, 0 <= min_learning_rate <= learning_rate and warmup_steps >= 0, got "
@@ -74,6 +76,7 @@ class GPT2LightningModule(L.LightningModule):
             )
         self.model = self._build(config, init_from)
         self.config = self.model.config
+        self.hparams["config"] = dataclasses.asdict(self.config)  # the architecture built (init_from may change it)
         self.val_loss = MeanMetric()
         self.val_ppl = Perplexity()
         self._rng_state: torch.Tensor | None = None
@@ -85,6 +88,12 @@ class GPT2LightningModule(L.LightningModule):
         if init_from is None:
             return GPT(config)
         model = GPT.from_pretrained(init_from).train()
+        if model.config.pos_encoding == "learned" and config.block_size > model.config.block_size:
+            raise ValueError(
+                f"model.config.block_size={config.block_size} is longer than the {model.config.block_size} learned "
+                f"positions of {init_from}; set model.config.block_size <= {model.config.block_size} (it sets the "
+                "training sequence length)"
+            )
         if config.n_kv_head is not None and config.n_kv_head != model.config.kv_heads:
             model = mha_to_gqa(model, config.n_kv_head)
         wanted = dataclasses.replace(model.config, dropout=config.dropout, sliding_window=config.sliding_window)

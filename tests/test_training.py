@@ -1,6 +1,7 @@
 """Training through the real `gpt2-lightning fit` path: logging, exact resume, bad input, atomic saves, data."""
 
 import glob
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +49,13 @@ def test_fit_logs_every_metric_and_the_loss_falls(tmp_path):
     assert model.config.n_layer == 2
 
 
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_other_lightning_commands_run_from_a_checkpoint(tmp_path, command):
+    fit(tmp_path, "--trainer.max_steps", "2")
+    main([command, *TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.limit_test_batches", "2",
+          "--trainer.limit_predict_batches", "2", "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
+
+
 @pytest.fixture
 def small_corpus(tmp_path):
     """A finite corpus of ~40 windows per epoch, so 16 steps of 4 cross an epoch boundary."""
@@ -73,6 +81,14 @@ def test_resume_twice_across_an_epoch_boundary_is_exact(tmp_path, small_corpus):
         assert resumed[step] == pytest.approx(straight[step], abs=1e-4), step
 
 
+def test_print_config_shows_every_model_field(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(Path(__file__).parents[1] / "configs" / "gqa.yaml"), "--print_config"])
+    assert done.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "n_kv_head: 4" in out and "pos_encoding: learned" in out and "sliding_window: null" in out
+
+
 def test_unknown_config_key_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fit(tmp_path, "--model.config.n_layers", "3")
@@ -81,7 +97,7 @@ def test_unknown_config_key_is_named(tmp_path, capsys):
 
 def test_resume_with_another_model_config_is_refused(tmp_path):
     fit(tmp_path, "--trainer.max_steps", "4")
-    with pytest.raises(ValueError, match="different model config.*n_embd: checkpoint 32, config 64"):
+    with pytest.raises(SystemExit, match="different model config.*n_embd: checkpoint 32, config 64"):
         fit(tmp_path, "--trainer.max_steps", "8", "--model.config.n_embd", "64", "--ckpt_path", "last")
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # the error path keeps the checkpoint
 
@@ -101,6 +117,69 @@ def test_a_save_killed_midway_leaves_last_ckpt_intact(tmp_path, monkeypatch):
         fit(tmp_path, "--trainer.max_steps", "8", "--ckpt_path", "last")
     assert last.read_bytes() == before
     assert torch.load(last, weights_only=False)["global_step"] == 4
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--trainer.strategy", "dpp"], "invalid strategy name: `strategy='dpp'`"),
+        (["--ckpt_path", "/nonexistent/run.ckpt"], "Checkpoint file not found.*Pass an existing checkpoint"),
+        (["--data.source", "files", "--data.paths", "/nonexistent/*.txt"], "no files match"),
+        (["--model.config.n_kv_head", "3"], r"n_kv_head \(3\) must divide n_head \(2\)"),
+        (["--trainer.accelerator", "cuda", "--trainer.devices", "64"], "not available|only has"),
+    ],
+)
+def test_bad_input_ends_in_one_clear_line(tmp_path, extra, message):
+    with pytest.raises(SystemExit, match=message):
+        fit(tmp_path, "--trainer.max_steps", "2", *extra)
+
+
+def test_nan_loss_stops_with_the_fix():
+    from gpt2_lightning.model import GPTConfig
+
+    module = GPT2LightningModule(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    with torch.no_grad():
+        module.model.transformer.wte.weight.fill_(float("nan"))
+    batch = (torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long))
+    with pytest.raises(FloatingPointError, match="train/loss is nan.*Lower model.learning_rate"):
+        module.training_step(batch, 0)
+
+
+def test_checkpoint_of_a_compiled_run_loads_into_eager_models(tmp_path):
+    fit(tmp_path, "--trainer.max_steps", "2")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    checkpoint["state_dict"] = {k.replace("model.", "model._orig_mod.", 1): v for k, v in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, tmp_path / "compiled.ckpt")
+    eager, compiled = GPT.from_pretrained(last), GPT.from_pretrained(tmp_path / "compiled.ckpt")
+    for (name, a), (_, b) in zip(eager.state_dict().items(), compiled.state_dict().items()):
+        assert torch.equal(a, b), name
+    # and Lightning resumes from it
+    fit(tmp_path, "--trainer.max_steps", "3", "--ckpt_path", str(tmp_path / "compiled.ckpt"))
+
+
+def test_fine_tune_from_pretrained_converting_to_gqa(tmp_path):
+    from conftest import make_hf_model, save_layout
+
+    directory = tmp_path / "pretrained"
+    directory.mkdir()
+    save_layout(make_hf_model(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257), directory, "hub")
+    fit(tmp_path / "run", "--trainer.max_steps", "2", "--model.init_from", str(directory),
+        "--model.config.n_kv_head", "1")
+    model = GPT.from_pretrained(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert model.config.n_kv_head == 1 and model.config.block_size == 64
+    with pytest.raises(SystemExit, match="block_size=128 is longer than the 64 learned positions"):
+        fit(tmp_path / "run2", "--trainer.max_steps", "2", "--model.init_from", str(directory),
+            "--model.config.block_size", "128")
+
+
+def test_resuming_with_another_world_size_is_refused():
+    dm = GPT2DataModule(block_size=32, batch_size=4)
+    state = {"consumed_batches": 8, "world_size": 2, "batch_size": 4, "block_size": 32, "source": "builtin"}
+    with pytest.raises(DataError, match="world_size 2 → 1.*same number of devices"):
+        dm.load_state_dict(state)
+    dm.load_state_dict({**state, "world_size": 1})
+    assert dm.start_batch == 8
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_minimum():

@@ -16,70 +16,20 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import resource
-import statistics
-import subprocess
-import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
-from gpt2_lightning.attention import attention, banded_attention, visible_mask
+from gpt2_lightning.attention import attention, banded_attention
+from gpt2_lightning.measure import ATTENTION_KINDS as KINDS
+from gpt2_lightning.measure import HEAD_DIM, N_HEAD, attention_point, decode_tokens_per_sec, median_ms
 from gpt2_lightning.model import GPT, GPTConfig
 
 LENGTHS = [512, 1024, 2048, 4096, 8192, 16384]
-KINDS = ["full causal", "window 256", "window 1024", "window 256, dense mask"]
-N_HEAD, HEAD_DIM = 12, 64
-
-
-def median_ms(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def attention_call(kind: str, q, k, v):
-    if kind == "full causal":
-        return lambda: attention(q, k, v)
-    if kind == "window 256, dense mask":
-        mask = visible_mask(q.size(2), k.size(2), 256, q.device)
-        return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return lambda: attention(q, k, v, window=int(kind.split()[1]))
-
-
-def one_point(T: int, kind: str) -> dict:
-    """Time and peak memory of one forward; run in its own process (see `forward_section`)."""
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, N_HEAD, T, HEAD_DIM) for _ in range(3))
-    with torch.inference_mode():
-        fn = attention_call(kind, q, k, v)
-        before = rss_mb()
-        fn()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
-        ms = median_ms(fn, repeats=3 if T <= 8192 else 1)
-    return {"ms": ms, "peak_mb": max(peak, 0.0)}
 
 
 def forward_section(threads: int) -> None:
-    results = {}
-    for T in LENGTHS:
-        for kind in KINDS:
-            out = subprocess.run(
-                [sys.executable, __file__, "--point", str(T), kind, "--threads", str(threads)],
-                capture_output=True, text=True, check=True,
-            )
-            results[T, kind] = json.loads(out.stdout.strip().splitlines()[-1])
+    results = {(T, kind): attention_point(T, kind, threads) for T in LENGTHS for kind in KINDS}
     print("\n## Attention forward (1 × 12 heads × 64), median ms | peak MB above inputs")
     print("| T | " + " | ".join(KINDS) + " | window 256 speed-up |")
     print("|---:|" + "---:|" * (len(KINDS) + 1))
@@ -108,19 +58,10 @@ def decode_section(new_tokens: int = 16) -> None:
     for name, fields in variants.items():
         torch.manual_seed(0)
         model = GPT(GPTConfig(pos_encoding="rope", **fields)).eval()
-        token = torch.zeros(1, 1, dtype=torch.long)
         cells = []
         for context in contexts:
-            cache = model.make_kv_cache(1, context + new_tokens + 2)
-            cache.k.normal_(), cache.v.normal_()  # stands in for a prefilled context: decode cost is the same
-            with torch.inference_mode():
-                cache.pos = context
-                model(token, cache)  # warm-up
-                start = time.perf_counter()
-                for _ in range(new_tokens):
-                    model(token, cache)
-                per_token = (time.perf_counter() - start) / new_tokens
-            cells.append(f"{1 / per_token:.1f} tok/s, {cache.nbytes / 2**20:.0f} MB")
+            speed, nbytes = decode_tokens_per_sec(model, context, new_tokens)
+            cells.append(f"{speed:.1f} tok/s, {nbytes / 2**20:.0f} MB")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
@@ -167,12 +108,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="+", default=["forward", "decode", "blocks", "flex"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--point", nargs=2, metavar=("T", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.point:
-        print(json.dumps(one_point(int(args.point[0]), args.point[1])))
-        return
     print(f"torch {torch.__version__}, {args.threads} threads")
     sections = {"forward": lambda: forward_section(args.threads), "decode": decode_section,
                 "blocks": blocks_section, "flex": flex_section}

@@ -1,7 +1,8 @@
 """The `gpt2-lightning` command.
 
 `fit | validate | test | predict` are LightningCLI (configs under configs/); `generate` prints text from a
-checkpoint, `download` fetches OpenAI's weights, `convert` turns a checkpoint into grouped-query attention.
+checkpoint, `download` fetches OpenAI's weights, `convert` re-saves a checkpoint (optionally as grouped-query
+attention), `analyze` writes docs/analysis.md.
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ def run_convert(args: argparse.Namespace) -> None:
     print(f"{args.checkpoint} → {change}{before:,} → {model.num_params():,} parameters, saved to {args.out}")
 
 
+def run_analyze(args: argparse.Namespace) -> None:
+    from gpt2_lightning.analysis import analyze  # needs matplotlib: pip install 'gpt2-lightning[analysis]'
+
+    print(f"wrote {analyze(args.budget, args.out, args.runs)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt2-lightning", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--n-kv-head", type=int, default=None, help="key/value heads to convert to (divides n_head)")
     conv.add_argument("--out", required=True, help="directory to write config.json + model.safetensors to")
     conv.set_defaults(run=run_convert)
+
+    ana = commands.add_parser(
+        "analyze", help="measure and train every attention variant; write docs/analysis.md and its plots"
+    )
+    ana.add_argument("--budget", choices=["small", "full", "tiny"], default="small",
+                     help="small: ~30 min on 2 CPU cores; full: hours; tiny: a smoke test")
+    ana.add_argument("--out", default="docs", help="where analysis.md and img/ go")
+    ana.add_argument("--runs", default="runs/analysis", help="where the training runs' logs and checkpoints go")
+    ana.set_defaults(run=run_analyze)
     return parser
 
 

@@ -112,7 +112,7 @@ def size_and_compute() -> str:
 # ---- 2. speed and memory ------------------------------------------------------------------------------------
 
 
-def attention_scaling(budget: Budget, img: Path) -> str:
+def attention_scaling(budget: Budget, img: Path) -> tuple[str, tuple[int, float]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,7 +135,10 @@ def attention_scaling(budget: Budget, img: Path) -> str:
     plt.close(fig)
     rows = [[T] + [f"{points[T, k]['ms']:.1f} ms / {points[T, k]['peak_mb']:.0f} MB" for k in kinds]
             for T in budget.attention_lengths]
-    return _table(["T"] + kinds, rows) + "\n\n![attention scaling](img/attention_scaling.png)"
+    longest = budget.attention_lengths[-1]
+    speedup = points[longest, "full causal"]["ms"] / points[longest, "window 256"]["ms"]
+    table = _table(["T"] + kinds, rows) + "\n\n![attention scaling](img/attention_scaling.png)"
+    return table, (longest, speedup)
 
 
 def decode_speed(budget: Budget) -> str:
@@ -171,7 +174,8 @@ def fit_args(budget: Budget, fields: dict, root: Path, seed: int, steps: int, *e
     return args + list(extra)
 
 
-def scalars(root: Path, tag: str) -> dict[int, float]:
+def scalars(root: str | os.PathLike, tag: str) -> dict[int, float]:
+    """{step: value} of a TensorBoard scalar over every logged version under root (later versions win)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     values = {}
@@ -183,19 +187,32 @@ def scalars(root: Path, tag: str) -> dict[int, float]:
     return values
 
 
-def train(budget: Budget, runs: Path) -> dict[str, dict[int, Path]]:
+def finished(root: Path, steps: int) -> bool:
+    """Whether `root` holds a run that completed `steps` steps (its logs and last.ckpt are then reused)."""
+    last = root / "checkpoints" / "last.ckpt"
+    return last.is_file() and torch.load(last, map_location="cpu", weights_only=False)["global_step"] == steps
+
+
+def train(budget: Budget, runs: Path) -> tuple[dict[str, dict[int, Path]], int]:
+    """Train every variant × seed (runs already completed under `runs` are reused); returns roots, reused count."""
     from gpt2_lightning.cli import main
 
     roots: dict[str, dict[int, Path]] = {}
+    reused = 0
     for name in TRAINED:
         for seed in budget.seeds:
             root = runs / f"{name}-seed{seed}"
-            main(fit_args(budget, _fields(name, budget), root, seed, budget.steps))
+            if finished(root, budget.steps):
+                reused += 1
+            else:
+                main(fit_args(budget, _fields(name, budget), root, seed, budget.steps))
             roots.setdefault(name, {})[seed] = root
-    return roots
+    return roots, reused
 
 
-def quality(budget: Budget, roots: dict[str, dict[int, Path]], img: Path) -> tuple[str, dict[str, float]]:
+def quality(
+    budget: Budget, roots: dict[str, dict[int, Path]], img: Path
+) -> tuple[str, dict[str, tuple[float, float]]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,7 +231,7 @@ def quality(budget: Budget, roots: dict[str, dict[int, Path]], img: Path) -> tup
             speeds += list(scalars(root, "train/tokens_per_sec").values())
         mean = statistics.mean(last)
         spread = statistics.stdev(last) if len(last) > 1 else 0.0
-        finals[name] = mean
+        finals[name] = (mean, spread)
         rows.append([name, f"{mean:.3f} ± {spread:.3f}", f"{math.exp(mean):.1f}", f"{statistics.median(speeds):,.0f}",
                      ", ".join(f"{x:.3f}" for x in last)])
     ax.set_xlabel("optimizer step"), ax.set_ylabel("validation loss (nats/token)"), ax.grid(alpha=0.3)
@@ -240,23 +257,30 @@ def eval_loss(model: GPT, length: int, batches: int, batch_size: int = 4) -> flo
     return statistics.mean(losses)
 
 
-def extrapolation(budget: Budget, roots: dict[str, dict[int, Path]]) -> str:
-    rows = []
+def extrapolation(budget: Budget, roots: dict[str, dict[int, Path]]) -> tuple[str, dict[str, list[float]]]:
+    rows, losses = [], {}
     for name, by_seed in roots.items():
         model = GPT.from_pretrained(by_seed[budget.seeds[0]] / "checkpoints" / "last.ckpt")
         cells = [name]
         for factor in (1, 2, 4):
             try:
-                cells.append(f"{eval_loss(model, factor * budget.block_size, budget.eval_batches):.3f}")
+                loss = eval_loss(model, factor * budget.block_size, budget.eval_batches)
+                losses.setdefault(name, []).append(loss)
+                cells.append(f"{loss:.3f}")
             except ValueError as err:
                 cells.append(f"error: *{str(err).split(';')[0]}*")
         rows.append(cells)
     T = budget.block_size
-    return _table([f"variant (seed {budget.seeds[0]})", f"loss @ {T} (1×)", f"@ {2 * T} (2×)", f"@ {4 * T} (4×)"],
-                  rows)
+    header = [f"variant (seed {budget.seeds[0]})", f"loss @ {T} (1×)", f"@ {2 * T} (2×)", f"@ {4 * T} (4×)"]
+    return _table(header, rows), losses
 
 
-def gqa_from_pretrained(budget: Budget, roots: dict[str, dict[int, Path]], runs: Path) -> str:
+UPTRAIN_LR = 3e-4  # a tenth of the from-scratch peak: uptraining continues a trained model
+
+
+def gqa_from_pretrained(
+    budget: Budget, roots: dict[str, dict[int, Path]], runs: Path
+) -> tuple[str, dict[str, float]]:
     from gpt2_lightning.cli import main
 
     seed = budget.seeds[0]
@@ -266,17 +290,19 @@ def gqa_from_pretrained(budget: Budget, roots: dict[str, dict[int, Path]], runs:
     before = eval_loss(GPT.from_pretrained(converted_dir), budget.block_size, n)
     uptrained, scratch = runs / "gqa4-uptrained", runs / "gqa4-scratch-short"
     main(fit_args(budget, {"n_kv_head": 4}, uptrained, seed, budget.uptrain_steps,
-                  "--model.init_from", str(converted_dir)))
+                  "--model.init_from", str(converted_dir), "--model.learning_rate", str(UPTRAIN_LR),
+                  "--model.min_learning_rate", str(UPTRAIN_LR / 10)))
     main(fit_args(budget, {"n_kv_head": 4}, scratch, seed, budget.uptrain_steps))
     after = eval_loss(GPT.from_pretrained(uptrained / "checkpoints" / "last.ckpt"), budget.block_size, n)
     fresh = eval_loss(GPT.from_pretrained(scratch / "checkpoints" / "last.ckpt"), budget.block_size, n)
+    results = {"mha": eval_loss(mha, budget.block_size, n), "converted": before, "uptrained": after, "scratch": fresh}
     rows = [
-        [f"MHA baseline ({budget.steps} steps)", f"{eval_loss(mha, budget.block_size, n):.3f}"],
+        [f"MHA baseline ({budget.steps} steps)", f"{results['mha']:.3f}"],
         ["mha_to_gqa(baseline, 4), no training", f"{before:.3f}"],
         [f"… + {budget.uptrain_steps} uptraining steps", f"{after:.3f}"],
         [f"GQA-4 from scratch, {budget.uptrain_steps} steps", f"{fresh:.3f}"],
     ]
-    return _table(["model", "validation loss"], rows)
+    return _table(["model", "validation loss"], rows), results
 
 
 # ---- the document -------------------------------------------------------------------------------------------
@@ -308,29 +334,52 @@ CHALLENGES = """\
 """
 
 
-def _verdict(finals: dict[str, float], budget: Budget) -> str:
-    base = finals["baseline"]
+def _verdict(
+    budget: Budget,
+    finals: dict[str, tuple[float, float]],
+    extrapolated: dict[str, list[float]],
+    attention_speedup: tuple[int, float],
+    gqa: dict[str, float],
+) -> str:
+    """One paragraph per variant; every number comes from this run's sections."""
+    base, base_sd = finals["baseline"]
 
-    def delta(name: str) -> str:
-        return f"{finals[name] - base:+.3f} nats vs the baseline's {base:.3f}"
+    def against_baseline(name: str) -> str:
+        mean, sd = finals[name]
+        noise = 2 * max(sd, base_sd)
+        verdict = "within" if abs(mean - base) <= noise else "beyond"
+        return (f"final validation loss {mean:.3f} against the baseline's {base:.3f} ({mean - base:+.3f} nats, "
+                f"{verdict} twice the seed-to-seed spread of ±{max(sd, base_sd):.3f})")
 
+    def length(name: str) -> str:
+        x = extrapolated.get(name, [])
+        if len(x) < 3:
+            return "it cannot run past its training length"
+        return f"its loss at 1×, 2×, 4× the training length was {x[0]:.3f}, {x[1]:.3f}, {x[2]:.3f}"
+
+    T, speedup = attention_speedup
     w = budget.window
     return f"""\
-- **RoPE** — use it by default for new models: it removes the position table (−786k parameters at GPT-2
-  small), costs a few elementwise ops, makes attention depend on relative position only, and lets the model
-  run past its training length (section 4 shows how well). At this scale: {delta('rope')}.
-- **GQA-4** — use it when decode memory or speed matters: at GPT-2 small it saves 9.4M parameters (7.6%) and
-  two thirds of the KV cache, which is what bounds long-context decoding (section 2). It does not reduce
-  attention FLOPs, and pooled heads cost some quality: {delta('gqa4')}. From a pretrained MHA model,
-  `mha_to_gqa` plus a short uptraining recovers much of it (section 5).
-- **Sliding window (w={w} at block {budget.block_size})** — use it for long sequences: attention cost and
-  cache become O(T·w) and O(w) (6.9× faster attention at T=8192 with w=256), but no layer sees further than w
-  tokens directly (L·(w−1)+1 through depth). Within a block this short the window cuts context the model
-  could use: {delta('window')}.
-- **RoPE + GQA-4 + window** — the long-context, low-memory configuration: bounded cache of nkv/nh size, linear
-  attention cost, no length limit. At this scale: {delta('rope+gqa4+window')}. The quality figures here come
-  from {budget.steps}-step runs of a {budget.n_layer}-layer, {budget.n_embd}-wide model: they rank the
-  variants at small scale and say nothing definitive about 124M models trained for billions of tokens.
+- **RoPE** — removes the position table (−786k parameters at GPT-2 small) for a few elementwise ops per layer,
+  makes attention depend on relative position only, and runs past the training length: {length('rope')};
+  {against_baseline('rope')}. Use it by default for new models.
+- **GQA-4** — saves 9.4M parameters (7.6%) at GPT-2 small and two thirds of the KV cache, which is what bounds
+  long-context decoding (section 2); attention FLOPs are unchanged. Trained from scratch here:
+  {against_baseline('gqa4')}. From a trained MHA model, `mha_to_gqa` moved the loss from {gqa['mha']:.3f} to
+  {gqa['converted']:.3f}, and {budget.uptrain_steps} uptraining steps gave {gqa['uptrained']:.3f}, against
+  {gqa['scratch']:.3f} for GQA-4 trained from scratch for those steps: converting is far cheaper than
+  retraining. Use it when decode memory or speed matters.
+- **Sliding window (w={w} at block {budget.block_size})** — attention cost and cache become O(T·w) and O(w)
+  ({speedup:.1f}× faster attention than full causal at T={T} with w=256, section 2), but no layer sees further
+  than w tokens directly (L·(w−1)+1 through depth): {against_baseline('window')}. With learned positions it
+  still cannot run past block_size. Use it for sequences much longer than the window, with RoPE.
+- **RoPE + GQA-4 + window** — the long-context, low-memory configuration: a cache of nkv/nh the size capped at
+  w positions, linear attention cost, no length limit ({length('rope+gqa4+window')});
+  {against_baseline('rope+gqa4+window')}.
+
+These quality figures come from {budget.steps}-step runs of a {budget.n_layer}-layer, {budget.n_embd}-wide
+model on a small corpus: they rank the variants at small scale and say nothing definitive about 124M models
+trained for billions of tokens.
 """
 
 
@@ -346,13 +395,16 @@ def analyze(
     started = time.time()
     sections = {}
     sections["size"] = size_and_compute()
-    sections["attention"] = attention_scaling(budget, img)
+    sections["attention"], speedup = attention_scaling(budget, img)
     sections["decode"] = decode_speed(budget)
-    roots = train(budget, runs)
+    roots, reused = train(budget, runs)
     sections["quality"], finals = quality(budget, roots, img)
-    sections["extrapolation"] = extrapolation(budget, roots)
-    sections["gqa"] = gqa_from_pretrained(budget, roots, runs)
+    sections["extrapolation"], extrapolated = extrapolation(budget, roots)
+    sections["gqa"], gqa = gqa_from_pretrained(budget, roots, runs)
     minutes = (time.time() - started) / 60
+    total_runs = len(TRAINED) * len(budget.seeds)
+    reuse_note = (f" ({reused} of the {total_runs} training runs of section 3 were reused, completed, from an earlier "
+                  f"invocation into the same --runs directory; their logs carry their own timings)") if reused else ""
     command = f"gpt2-lightning analyze --budget {budget_name} --out {out} --runs {runs}"
     hardware = (f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
                 f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; "
@@ -360,7 +412,7 @@ def analyze(
     doc = f"""# What each attention variant costs and buys
 
 Generated by `{command}` on {time.strftime('%Y-%m-%d')} — {hardware}; training seeds {list(budget.seeds)};
-wall time {minutes:.1f} minutes. Regenerate with the same command; nothing here is edited by hand.
+wall time {minutes:.1f} minutes{reuse_note}. Regenerate with the same command; nothing here is edited by hand.
 
 ## 1. Size and compute (GPT-2 small shape: 12 layers, 12 heads, 768 wide, vocabulary 50257)
 
@@ -410,8 +462,8 @@ positions cannot run past `block_size`: the error is shown, not a gap.
 ## 5. GQA from pretrained weights
 
 The trained MHA baseline converted with `mha_to_gqa(model, 4)` (mean-pooled K/V heads), evaluated as is,
-then uptrained for {budget.uptrain_steps} steps through `fit --model.init_from`; against GQA-4 trained from
-scratch for the same {budget.uptrain_steps} steps.
+then uptrained for {budget.uptrain_steps} steps through `fit --model.init_from` at a tenth of the from-scratch
+learning rate (peak {UPTRAIN_LR}); against GQA-4 trained from scratch for the same {budget.uptrain_steps} steps.
 
 {sections['gqa']}
 
@@ -420,7 +472,7 @@ scratch for the same {budget.uptrain_steps} steps.
 {CHALLENGES}
 ## 7. Verdict
 
-{_verdict(finals, budget)}"""
+{_verdict(budget, finals, extrapolated, speedup, gqa)}"""
     path = out / "analysis.md"
     path.write_text(doc)
     return path

@@ -27,7 +27,7 @@ import itertools
 import json
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import lightning as L
@@ -105,7 +105,7 @@ class PackedWindows(IterableDataset):
 
     def __init__(
         self,
-        documents,  # a callable returning a fresh iterator of documents
+        documents: Callable[[], Iterable[str]],  # a fresh pass over all documents per call
         block_size: int,
         batch_size: int,
         rank: int,
@@ -120,13 +120,10 @@ class PackedWindows(IterableDataset):
         self.rank, self.world_size, self.val_every, self.train = rank, world_size, val_every, train
         self.seed, self.start_batch, self.max_batches = seed, start_batch, max_batches
 
-    def _my_documents(self, epoch: int) -> list[str] | Iterator[str]:
-        mine = (
-            doc
-            for j, doc in enumerate(self.documents())
-            if (j % self.val_every == 0) != self.train
-        )
-        mine = (doc for i, doc in enumerate(mine) if i % self.world_size == self.rank)
+    def _my_documents(self, epoch: int) -> Iterable[str]:
+        """This split's documents (j % val_every == 0 is validation), dealt round-robin to the ranks."""
+        split = (doc for j, doc in enumerate(self.documents()) if (j % self.val_every == 0) != self.train)
+        mine = (doc for i, doc in enumerate(split) if i % self.world_size == self.rank)
         if self.train and epoch > 0:  # a new order per epoch, the same on every run
             mine = list(mine)
             random.Random(self.seed * 1_000_003 + epoch).shuffle(mine)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import TINY, scalars
+from test_training import TINY
 
+from gpt2_lightning.analysis import scalars
 from gpt2_lightning.model import GPT
 
 CONFIGS = Path(__file__).parents[1] / "configs"

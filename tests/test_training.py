@@ -1,12 +1,11 @@
 """Training through the real `gpt2-lightning fit` path: logging, exact resume, bad input, atomic saves, data."""
 
-import glob
 from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from gpt2_lightning.analysis import scalars
 from gpt2_lightning.cli import main
 from gpt2_lightning.data import DataError, GPT2DataModule, PackedWindows, builtin_documents
 from gpt2_lightning.model import GPT
@@ -24,17 +23,6 @@ TINY = [
 
 def fit(root, *extra):
     main(["fit", *TINY, "--trainer.default_root_dir", str(root), *extra])
-
-
-def scalars(root, tag):
-    """{step: value} of a TensorBoard tag over every logged version under root (later versions win)."""
-    values = {}
-    for path in sorted(glob.glob(f"{root}/lightning_logs/version_*")):
-        events = EventAccumulator(path)
-        events.Reload()
-        if tag in events.Tags()["scalars"]:
-            values.update({e.step: e.value for e in events.Scalars(tag)})
-    return values
 
 
 def test_fit_logs_every_metric_and_the_loss_falls(tmp_path):

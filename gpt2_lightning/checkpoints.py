@@ -119,16 +119,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
 
 def config_to_hf(config: GPTConfig) -> dict:
     """transformers' GPT2Config fields for a model; refuses what transformers' GPT-2 cannot represent."""
-    unrepresentable = [
-        text
-        for present, text in (
-            (not config.bias, "bias=False (it always has biases)"),
-            (config.pos_encoding != "learned", f"pos_encoding={config.pos_encoding!r} (it has learned positions)"),
-            (config.kv_heads != config.n_head, f"n_kv_head={config.n_kv_head} (it has one K/V head per query head)"),
-            (config.sliding_window is not None, f"sliding_window={config.sliding_window} (it attends to all)"),
-        )
-        if present
-    ]
+    unrepresentable = config.departures_from_gpt2()
     if unrepresentable:
         raise CheckpointError(
             "save_hf: transformers' GPT-2 cannot represent " + "; ".join(unrepresentable) + ". Save the model with "

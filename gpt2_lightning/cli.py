@@ -79,7 +79,7 @@ def run_convert(args: argparse.Namespace) -> None:
     if args.n_kv_head is not None:
         model = mha_to_gqa(model, args.n_kv_head)
     # plain GPT-2 goes out in transformers' format (readable by both); any variant in this package's own
-    save = save_hf if model.config.is_gpt2 else save_pretrained
+    save = save_pretrained if model.config.departures_from_gpt2() else save_hf
     save(model, args.out)
     change = f"n_kv_head={args.n_kv_head} (key/value heads mean-pooled per group), " if args.n_kv_head else ""
     print(f"{args.checkpoint} → {change}{before:,} → {model.num_params():,} parameters, saved to {args.out}")

@@ -99,12 +99,18 @@ class GPTConfig:
         """The number of key/value heads in effect (n_kv_head, or n_head when it is None)."""
         return self.n_kv_head or self.n_head
 
-    @property
-    def is_gpt2(self) -> bool:
-        """Whether this is plain GPT-2 (learned positions, full multi-head attention, biases)."""
-        return (
-            self.bias and self.pos_encoding == "learned" and self.kv_heads == self.n_head and self.sliding_window is None
-        )
+    def departures_from_gpt2(self) -> list[str]:
+        """What makes this config more than plain GPT-2 (empty for GPT-2 itself), each said as a field=value."""
+        return [
+            text
+            for present, text in (
+                (not self.bias, "bias=False (GPT-2 always has biases)"),
+                (self.pos_encoding != "learned", f"pos_encoding={self.pos_encoding!r} (GPT-2 has learned positions)"),
+                (self.kv_heads != self.n_head, f"n_kv_head={self.n_kv_head} (GPT-2 has one K/V head per query head)"),
+                (self.sliding_window is not None, f"sliding_window={self.sliding_window} (GPT-2 attends to all)"),
+            )
+            if present
+        ]
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> GPTConfig:

@@ -38,7 +38,9 @@ def tokens_per_sec(ends: list[float], warmup: int, tokens_per_step: int) -> floa
 def make(config: GPTConfig, batch_size: int) -> tuple[GPT2LightningModule, GPT2DataModule]:
     torch.manual_seed(0)
     module = GPT2LightningModule(config, learning_rate=3e-3, warmup_steps=10, peak_flops=1.0)
-    data = GPT2DataModule(block_size=config.block_size, batch_size=batch_size)
+    data = GPT2DataModule(block_size=config.block_size, batch_size=batch_size, val_size=0.05)
+    data.prepare_data()
+    data.setup("fit")
     return module, data
 
 
@@ -80,6 +82,7 @@ def bare_loop(config: GPTConfig, batch_size: int, steps: int) -> list[float]:
 
 def data_only(config: GPTConfig, batch_size: int, batches: int) -> float:
     _, data = make(config, batch_size)
+    batches = min(batches, len(data.train_dataloader()) - 1)  # within one epoch of the builtin corpus
     loader = iter(data.train_dataloader())
     next(loader)
     start = time.perf_counter()

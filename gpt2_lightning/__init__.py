@@ -1,6 +1,16 @@
-"""gpt2-lightning: a hand-written GPT-2 that reproduces OpenAI's checkpoints exactly."""
+"""gpt2-lightning: a hand-written GPT-2 that reproduces OpenAI's checkpoints exactly.
 
-from gpt2_lightning.model import GPT, GPTConfig
-from gpt2_lightning.tokenizer import get_tokenizer
+`GPT`, `GPTConfig` and `get_tokenizer` are loaded on first use, so importing a light submodule (the tokenizer,
+the corpus readers in tokenizing worker processes) does not import torch.
+"""
 
-__all__ = ["GPT", "GPTConfig", "get_tokenizer"]
+import importlib
+
+_EXPORTS = {"GPT": "gpt2_lightning.model", "GPTConfig": "gpt2_lightning.model", "get_tokenizer": "gpt2_lightning.tokenizer"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'gpt2_lightning' has no attribute {name!r}")

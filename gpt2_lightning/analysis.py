@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from gpt2_lightning.checkpoints import mha_to_gqa, save_pretrained
-from gpt2_lightning.data import PackedWindows, builtin_documents
+from gpt2_lightning.data import GPT2DataModule
 from gpt2_lightning.measure import attention_point, decode_tokens_per_sec
 from gpt2_lightning.model import GPT, GPTConfig
 
@@ -166,7 +166,7 @@ def fit_args(budget: Budget, fields: dict, root: Path, seed: int, steps: int, *e
             "--trainer.max_steps", str(steps), "--model.lr_decay_steps", str(steps),
             "--model.warmup_steps", str(max(1, steps // 10)), "--data.batch_size", str(budget.batch_size),
             "--trainer.val_check_interval", str(max(1, steps // 8)), "--trainer.limit_val_batches",
-            str(budget.eval_batches), "--data.val_batches", str(budget.eval_batches),
+            str(budget.eval_batches), "--data.val_size", str(EVAL_VAL_SIZE),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--checkpoint.every_n_train_steps", str(steps)]
     for key, value in c.items():
@@ -246,13 +246,17 @@ def quality(
 # ---- 4. length extrapolation and 5. GQA from pretrained ------------------------------------------------------
 
 
+EVAL_VAL_SIZE = 0.1  # the builtin corpus's last ~10% of tokens: enough windows at 4× the training length
+
+
 def eval_loss(model: GPT, length: int, batches: int, batch_size: int = 4) -> float:
-    """Mean next-token loss on held-out windows of `length` tokens."""
-    windows = PackedWindows(builtin_documents, length, batch_size, 0, 1, 20, train=False, seed=0,
-                            max_batches=batches)
+    """Mean next-token loss on (up to `batches` batches of) the held-out windows of `length` tokens."""
+    data = GPT2DataModule(block_size=length, batch_size=batch_size, val_size=EVAL_VAL_SIZE)
+    data.prepare_data()
+    data.setup("validate")
     losses = []
     with torch.no_grad():
-        for x, y in torch.utils.data.DataLoader(windows, batch_size=batch_size):
+        for (x, y), _ in zip(data.val_dataloader(), range(batches)):
             losses.append(F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item())
     return statistics.mean(losses)
 

@@ -1,6 +1,7 @@
 """The `gpt2-lightning` command.
 
-`fit | validate | test | predict` are LightningCLI (configs under configs/); `generate` prints text from a
+`fit | validate | test | predict` are LightningCLI (configs under configs/); `prepare` tokenizes a config's data
+ahead of training (fit does it too, on first use); `generate` prints text from a
 checkpoint, `download` fetches OpenAI's weights, `convert` re-saves a checkpoint (optionally as grouped-query
 attention), `analyze` writes docs/analysis.md.
 """
@@ -171,6 +172,27 @@ class GPT2LightningCLI(LightningCLI):
             config.checkpoint.dirpath = os.path.join(config.trainer.default_root_dir or os.getcwd(), "checkpoints")
 
 
+class GPT2PrepareCLI(GPT2LightningCLI):
+    """`gpt2-lightning prepare`: fit's parser and configs, but only the data module is built, and prepared."""
+
+    def instantiate_classes(self) -> None:
+        self.datamodule = GPT2DataModule(**self.config.data.as_dict())
+
+
+def run_prepare(argv: Sequence[str]) -> None:
+    """Tokenize the data a config names into data.cache_dir, as `fit` would on local rank 0."""
+    command_line, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads either sys.argv or args, not both
+    try:
+        cli = GPT2PrepareCLI(GPT2LightningModule, GPT2DataModule, args=list(argv), run=False,
+                             parser_kwargs={"default_config_files": [str(QUICKSTART)],
+                                            "description": "Tokenize a config's training data once, ahead of fit."})
+        cli.datamodule.prepare_data()
+    except ValueError as err:  # DataError included
+        sys.exit(f"gpt2-lightning prepare: error: {err}")
+    finally:
+        sys.argv = command_line
+
+
 def run_lightning(argv: Sequence[str] | None, command: str) -> None:
     """LightningCLI on `argv` (None: the command line); bad input ends in one line saying what to change."""
     defaults = {"default_config_files": [str(QUICKSTART)]}
@@ -195,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     words = sys.argv[1:] if argv is None else list(argv)
     if words and words[0] in LIGHTNING_COMMANDS:
         return run_lightning(argv, words[0])
+    if words and words[0] == "prepare":
+        return run_prepare(words[1:])
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

@@ -1,186 +1,156 @@
-"""Training data: documents → GPT-2 tokens → packed windows of block_size + 1 tokens, resumable.
+"""`GPT2DataModule`: prepared token shards read as (block_size + 1)-token windows, by index, resumably.
 
-Sources:
-- `builtin`: the ~80 documents of Python's own `pydoc_data.topics` (~465 KB of English): every install has it,
-  offline; the quickstart's and the tests' corpus.
-- `files`: local `.txt` (a file is a document), `.jsonl` (a line is a document, its `text_column`) and `.parquet`
-  (a row is a document) files, given as paths or globs.
-- `hf`: a Hugging Face dataset, streamed. The default is OpenWebText in its script-free Parquet form at a pinned
-  revision (`Skylion007/openwebtext` is a loading-script dataset, which current `datasets` refuses).
+`prepare_data` (local rank 0 of each node) tokenizes the source once into `data.cache_dir` (`token_cache`);
+`setup` opens it on every rank. The training split [0, v) and the validation split [v, n) of the token stream
+are cut into windows of block_size + 1 tokens at stride block_size (the last target of one window is the first
+input of the next), numbered 0 … W-1.
 
-The stream is deterministic: document j is held out for validation when j % val_every == 0; the rest go
-round-robin to the ranks (document j → rank j % world_size). Each rank concatenates its documents, each ended
-by `<|endoftext|>`, and cuts windows of block_size + 1 tokens with stride block_size; the training stream
-cycles over epochs (documents reshuffled per epoch with the seed) so every rank always has the same number
-of batches (no DDP hang). With dataloader workers, worker k of W yields batches k, k + W, ... of its rank's
-stream, which the DataLoader's round-robin puts back in order.
+Training: epoch e visits the windows in the order of a seeded pseudo-random permutation of 0 … W-1 (a Feistel
+network: any position's window is computed from the position alone, so memory does not grow with the corpus).
+Position p of the epoch belongs to global batch p // (batch_size × world_size); rank r takes the r-th
+batch_size positions of each global batch, so ranks are disjoint and have the same number of batches, K per
+epoch (the remainder, fewer than batch_size × world_size × accumulate_grad_batches windows, waits for a later
+epoch's order). DataLoader worker w of N yields batches w, w + N, … of its rank, which the loader's round-robin
+puts back in order. The whole data state is one integer: batches consumed (global step × accumulation), read
+from the trainer when iteration starts, so resuming at batch 10^7 costs what starting does.
 
-Resume: the position is the number of training batches this rank has consumed (global step × gradient
-accumulation), saved in the Lightning checkpoint with the world size and batch shape; a resumed stream
-fast-forwards its own shard to exactly there, so no window is seen twice or skipped.
+Validation: the validation windows in order, dealt the same way to ranks and workers; a pass reads only them.
 """
 
 from __future__ import annotations
 
-import glob
-import itertools
-import json
-import os
-import random
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+import warnings
+from collections.abc import Callable, Iterator
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer
+from gpt2_lightning.corpus import OPENWEBTEXT, OPENWEBTEXT_PARQUET_REVISION, Corpus, DataError
+from gpt2_lightning.token_cache import TokenCache, cache_path, prepare
 
-OPENWEBTEXT = "Skylion007/openwebtext"
-OPENWEBTEXT_PARQUET_REVISION = "refs/convert/parquet"  # the Hub's Parquet conversion of the dataset
-
-
-class DataError(ValueError):
-    """A data source that is missing, unreachable or empty; the message says what to pass instead."""
+# Lightning warns that a sized IterableDataset may repeat data across workers; TokenWindows splits by worker itself.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
-def builtin_documents() -> list[str]:
-    """The topics of Python's help system, in a fixed order."""
-    from pydoc_data.topics import topics
-
-    return [topics[key] for key in sorted(topics)]
+_GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constants for multiplicative hashing
+_MULTIPLIER = np.uint64(0xBF58476D1CE4E5B9)
 
 
-def file_documents(patterns: list[str], text_column: str) -> Iterator[str]:
-    """Documents of local .txt / .jsonl / .parquet files, in sorted path order."""
-    paths = sorted({p for pattern in patterns for p in glob.glob(os.path.expanduser(pattern), recursive=True)})
-    if not paths:
-        raise DataError(
-            f"no files match {patterns}; give existing .txt/.jsonl/.parquet paths or globs in data.paths, "
-            "or use data.source=builtin"
-        )
-    for path in paths:
-        suffix = Path(path).suffix
-        if suffix == ".txt":
-            yield Path(path).read_text(encoding="utf-8")
-        elif suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
-                for line_no, line in enumerate(f, 1):
-                    if line.strip():
-                        record = json.loads(line)
-                        if text_column not in record:
-                            raise DataError(f"{path}:{line_no} has no {text_column!r} field; set data.text_column")
-                        yield record[text_column]
-        elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-            if text_column not in table.column_names:
-                raise DataError(f"{path} has no column {text_column!r} (it has {table.column_names}); set data.text_column")
-            yield from table.column(text_column).to_pylist()
-        else:
-            raise DataError(f"{path}: unsupported file type {suffix!r}; use .txt, .jsonl or .parquet")
+def _round_keys(key: int, rounds: int) -> list[np.uint64]:
+    """Per-round keys: splitmix64 of the key and the round number, in Python integers."""
+    keys = []
+    for r in range(1, rounds + 1):
+        x = (key * _GOLDEN + r * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        keys.append(np.uint64(x ^ (x >> 31)))
+    return keys
 
 
-def hf_documents(name: str, split: str, text_column: str, revision: str | None) -> Iterator[str]:
-    """Documents of a streamed Hugging Face dataset."""
-    import datasets
+def permute(positions: np.ndarray, n: int, key: int, rounds: int = 6) -> np.ndarray:
+    """The images of `positions` under a pseudo-random permutation of 0 … n-1 chosen by `key`.
 
-    try:
-        stream = datasets.load_dataset(name, split=split, streaming=True, revision=revision)
-        for record in stream:
-            yield record[text_column]
-    except KeyError as err:
-        raise DataError(f"dataset {name!r} has no column {text_column!r}; set data.text_column") from err
-    except Exception as err:
-        raise DataError(
-            f"could not stream {name!r} (split {split!r}, revision {revision!r}) from the Hugging Face Hub "
-            f"({type(err).__name__}: {err}). Where the Hub is unreachable, train on local files "
-            "(data.source=files, data.paths=[...]) or the offline corpus (data.source=builtin)."
-        ) from err
+    A balanced Feistel network on the smallest even number of bits covering n (round function: the top bits of
+    a 64-bit multiplicative hash) permutes 0 … 4n-1 at most; applying it again to values >= n ("cycle walking")
+    makes it a permutation of 0 … n-1. O(1) memory per position, no table.
+    """
+    half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
+    mask, shift, top = np.uint64((1 << half) - 1), np.uint64(half), np.uint64(64 - half)
+    keys = _round_keys(key, rounds)
+
+    def feistel(x: np.ndarray) -> np.ndarray:
+        left, right = x >> shift, x & mask
+        for k in keys:
+            left, right = right, left ^ (((right ^ k) * _MULTIPLIER) >> top)
+        return (left << shift) | right
+
+    x = feistel(np.asarray(positions, dtype=np.uint64))
+    outside = np.flatnonzero(x >= n)
+    while outside.size:
+        x[outside] = feistel(x[outside])
+        outside = outside[x[outside] >= n]
+    return x.astype(np.int64)
 
 
-class PackedWindows(IterableDataset):
-    """(block_size + 1)-token windows of one rank's share of the documents, as (input, target) pairs."""
+class TokenWindows(IterableDataset):
+    """One rank's (input, target) batches of (batch_size, block_size) token windows of one split.
+
+    `start_batch`: batches of this rank consumed before iteration starts (training only: it picks the epoch and
+    the batch within it). Each iteration yields the rest of one epoch; `len()` is a whole epoch's batch count.
+    """
 
     def __init__(
         self,
-        documents: Callable[[], Iterable[str]],  # a fresh pass over all documents per call
+        cache: TokenCache,
+        first_token: int,
+        n_tokens: int,
         block_size: int,
         batch_size: int,
-        rank: int,
-        world_size: int,
-        val_every: int,
-        train: bool,
-        seed: int,
-        start_batch: int = 0,
-        max_batches: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        train: bool = True,
+        seed: int = 0,
+        batch_multiple: int = 1,
     ) -> None:
-        self.documents, self.block_size, self.batch_size = documents, block_size, batch_size
-        self.rank, self.world_size, self.val_every, self.train = rank, world_size, val_every, train
-        self.seed, self.start_batch, self.max_batches = seed, start_batch, max_batches
+        self.cache, self.first_token, self.block_size, self.batch_size = cache, first_token, block_size, batch_size
+        self.rank, self.world_size, self.train, self.seed = rank, world_size, train, seed
+        self.n_windows = max(0, (n_tokens - 1) // block_size)
+        per_rank = self.n_windows // (batch_size * world_size)
+        self.batches_per_epoch = per_rank // batch_multiple * batch_multiple  # epochs end on an optimizer step
+        self.start_batch = 0
 
-    def _my_documents(self, epoch: int) -> Iterable[str]:
-        """This split's documents (j % val_every == 0 is validation), dealt round-robin to the ranks."""
-        split = (doc for j, doc in enumerate(self.documents()) if (j % self.val_every == 0) != self.train)
-        mine = (doc for i, doc in enumerate(split) if i % self.world_size == self.rank)
-        if self.train and epoch > 0:  # a new order per epoch, the same on every run
-            mine = list(mine)
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(mine)
-        return mine
+    def __len__(self) -> int:
+        return self.batches_per_epoch
 
-    def _windows(self) -> Iterator[list[int]]:
-        """This rank's windows, forever (the validation stream also cycles, so every rank has enough)."""
-        encode = get_tokenizer().encode_ordinary
-        buffer: list[int] = []
-        span = self.block_size + 1
-        for epoch in itertools.count():
-            produced = False
-            for doc in self._my_documents(epoch):
-                buffer.extend(encode(doc))
-                buffer.append(EOT_ID)
-                while len(buffer) >= span:
-                    produced = True
-                    yield buffer[:span]
-                    del buffer[: self.block_size]  # stride block_size: the last target is the next input
-            if not produced:  # a stream with no window at all would loop forever
-                return
+    def batch(self, epoch: int, index: int) -> np.ndarray:
+        """Batch `index` of this rank in `epoch`: (batch_size, block_size + 1) uint16 token windows."""
+        positions = (index * self.world_size + self.rank) * self.batch_size + np.arange(self.batch_size)
+        windows = permute(positions, self.n_windows, self.seed * 1_000_003 + epoch) if self.train else positions
+        return self.cache.read(self.first_token + windows * self.block_size, self.block_size + 1)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[np.ndarray]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        windows = self._windows()
-        first = next(windows, None)
-        if first is None:
-            raise DataError(_empty_message(self.train, self.block_size))
-        for index, batch in enumerate(batched(itertools.chain([first], windows), self.batch_size)):
-            if self.max_batches is not None and index >= self.max_batches:
-                return
-            if index < self.start_batch or (index - self.start_batch) % n_workers != worker:
-                continue
-            for window in batch:
-                tokens = torch.tensor(window, dtype=torch.long)
-                yield tokens[:-1], tokens[1:]
+        epoch, first = divmod(self.start_batch, self.batches_per_epoch) if self.train else (0, 0)
+        for index in range(first + worker, self.batches_per_epoch, n_workers):
+            yield self.batch(epoch, index)
 
 
-def batched(iterable, n: int) -> Iterator[tuple]:
-    """Consecutive tuples of n items (itertools.batched arrived only in Python 3.12)."""
-    iterator = iter(iterable)
-    while chunk := tuple(itertools.islice(iterator, n)):
-        yield chunk
+def inputs_and_targets(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T + 1) token windows → inputs and next-token targets, (B, T) int64 each."""
+    tokens = torch.from_numpy(windows.astype(np.int64))
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
-def _empty_message(train: bool, block_size: int) -> str:
-    split = "training" if train else "validation"
-    return (
-        f"the {split} split of this rank yields no window of block_size + 1 = {block_size + 1} tokens: the corpus is "
-        "empty or too small for this block_size, world size and val_every. Pass more text (data.paths), a "
-        "smaller block_size, or data.source=builtin."
-    )
+def _as_is(batch: np.ndarray) -> np.ndarray:
+    return batch
+
+
+class PositionedLoader(DataLoader):
+    """A DataLoader of (input, target) batches that sets its dataset's `start_batch` from `position()` whenever
+    iteration starts.
+
+    Lightning starts iterating at each epoch and at a resume; the position is the trainer's, so it is exact in
+    both cases and the dataset copies sent to worker processes carry it. The loader draws its worker seeds from
+    a generator of its own: starting an iteration must not advance the global torch RNG, which dropout uses and
+    a checkpoint restores (an epoch or validation pass would otherwise shift every later dropout mask).
+    Workers send the uint16 windows as they are (a 24 KB pickle per GPT-2 batch, not two int64 tensors through
+    shared memory: 5× less per-batch overhead); widening to int64 happens here, in the consuming process.
+    """
+
+    def __init__(self, dataset: TokenWindows, position: Callable[[], int], **kwargs) -> None:
+        super().__init__(dataset, batch_size=None, collate_fn=_as_is, generator=torch.Generator(), **kwargs)
+        self.position = position
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.dataset.start_batch = self.position()
+        return map(inputs_and_targets, super().__iter__())
 
 
 class GPT2DataModule(L.LightningDataModule):
-    """Streams packed GPT-2 token windows from a builtin, local-file or Hugging Face source, resumably."""
+    """GPT-2 token windows from a builtin, local-file or Hugging Face source, tokenized once and read by index."""
 
     def __init__(
         self,
@@ -192,101 +162,132 @@ class GPT2DataModule(L.LightningDataModule):
         text_column: str = "text",
         block_size: int = 1024,
         batch_size: int = 8,
-        val_every: int = 20,
-        val_batches: int = 4,
+        val_size: float = 0.0005,
         num_workers: int = 0,
+        num_proc: int | None = None,
+        cache_dir: str | None = None,
         seed: int = 1337,
     ) -> None:
         """
         Args:
-            source: "builtin" (offline corpus), "files" (data.paths) or "hf" (data.dataset, streamed).
-            paths: a file or glob, or a list of them, for source=files.
+            source: "builtin" (offline corpus), "files" (data.paths) or "hf" (data.dataset, streamed once).
+            paths: .txt / .jsonl / .parquet files, globs or directories, for source=files.
             dataset, revision, split: the Hugging Face dataset for source=hf.
             text_column: the field holding the text (jsonl, parquet, hf).
             block_size: tokens per training sequence (linked to the model's block_size by the CLI).
             batch_size: sequences per batch, per device.
-            val_every: document j is validation data when j % val_every == 0.
-            val_batches: batches per validation run and rank (the validation stream cycles to fill them).
-            num_workers: DataLoader worker processes.
-            seed: the per-epoch document order.
+            val_size: the validation split, the tail of the corpus: a fraction of its tokens (< 1) or a token count
+                (>= 1), taken as whole documents where there are many.
+            num_workers: DataLoader worker processes per rank.
+            num_proc: processes that tokenize when preparing (default: every available CPU).
+            cache_dir: where prepared data goes (default: $GPT2_LIGHTNING_DATA, else ~/.cache/gpt2-lightning/data);
+                on several nodes, a shared filesystem or one local copy per node.
+            seed: the per-epoch order of the training windows.
         """
         super().__init__()
-        if source not in ("builtin", "files", "hf"):
-            raise DataError(f"data.source must be 'builtin', 'files' or 'hf', got {source!r}")
-        if source == "files" and not paths:
-            raise DataError("data.source=files needs data.paths: a list of .txt/.jsonl/.parquet files or globs")
-        for name, value in (("block_size", block_size), ("batch_size", batch_size), ("val_every", val_every),
-                            ("val_batches", val_batches)):
+        for name, value in (("block_size", block_size), ("batch_size", batch_size)):
             if value < 1:
                 raise DataError(f"data.{name} must be >= 1, got {value}")
-        if val_every < 2:
-            raise DataError("data.val_every must be >= 2, or every document would be validation data")
-        self.paths = [paths] if isinstance(paths, str) else paths
-        self.source, self.dataset, self.revision = source, dataset, revision
-        self.split, self.text_column = split, text_column
-        self.block_size, self.batch_size, self.val_every, self.val_batches = block_size, batch_size, val_every, val_batches
-        self.num_workers, self.seed = num_workers, seed
-        self.start_batch = 0  # training batches this rank consumed before a resume
+        if num_workers < 0 or (num_proc is not None and num_proc < 1):
+            raise DataError(f"data.num_workers must be >= 0 and data.num_proc >= 1, got {num_workers}, {num_proc}")
+        if val_size <= 0:
+            raise DataError(f"data.val_size must be > 0 (a fraction < 1 or a token count), got {val_size}")
+        self.corpus = Corpus(source, [paths] if isinstance(paths, str) else paths, dataset, revision, split, text_column)
+        self.block_size, self.batch_size, self.val_size = block_size, batch_size, val_size
+        self.num_workers, self.num_proc, self.cache_dir, self.seed = num_workers, num_proc, cache_dir, seed
+        self.start_batch = 0  # the position without a trainer (benchmarks, tests); with one, the trainer's
+        self.cache: TokenCache | None = None
+        self.train_windows: TokenWindows | None = None
+        self.val_windows: TokenWindows | None = None
 
-    def documents(self) -> Iterator[str]:
-        if self.source == "builtin":
-            return iter(builtin_documents())
-        if self.source == "files":
-            return file_documents(list(self.paths), self.text_column)
-        return hf_documents(self.dataset, self.split, self.text_column, self.revision)
+    # ---- preparing and opening -------------------------------------------------------------------------------
 
-    def _rank_and_world(self) -> tuple[int, int]:
+    def prepare_data(self) -> None:
+        prepare(self.corpus, self.cache_dir, self.num_proc, self.val_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.cache = TokenCache(cache_path(self.corpus, self.cache_dir))
+        val_start, _ = self.cache.validation_start(self.val_size)
+        rank, world, accumulate = self._rank_world_accumulate()
+        self.train_windows = TokenWindows(self.cache, 0, val_start, self.block_size, self.batch_size, rank, world,
+                                          train=True, seed=self.seed, batch_multiple=accumulate)
+        self.val_windows = TokenWindows(self.cache, val_start, self.cache.n_tokens - val_start, self.block_size,
+                                        self.batch_size, rank, world, train=False)
+        for name, windows, fix in (("training", self.train_windows, "lower data.val_size or add text"),
+                                   ("validation", self.val_windows, "raise data.val_size")):
+            if len(windows) == 0:
+                need = self.batch_size * world * (accumulate if windows.train else 1)
+                raise DataError(
+                    f"the {name} split of {self.cache.path} has {windows.n_windows:,} windows of block_size + 1 = "
+                    f"{self.block_size + 1} tokens, fewer than one batch on every rank needs ({need:,} = batch_size × "
+                    f"world size{' × accumulate_grad_batches' if windows.train else ''}): {fix}, or use a smaller "
+                    "block_size / batch_size")
+
+    def _rank_world_accumulate(self) -> tuple[int, int, int]:
         trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if trainer is None:
+            return 0, 1, 1
+        return trainer.global_rank, trainer.world_size, trainer.accumulate_grad_batches
 
-    def _loader(self, train: bool) -> DataLoader:
-        rank, world = self._rank_and_world()
-        windows = PackedWindows(
-            self.documents, self.block_size, self.batch_size, rank, world, self.val_every, train, self.seed,
-            start_batch=self.start_batch if train else 0, max_batches=None if train else self.val_batches,
-        )
-        return DataLoader(windows, batch_size=self.batch_size, num_workers=self.num_workers)
+    # ---- loaders ---------------------------------------------------------------------------------------------
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(train=False)  # the held-out documents
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(train=False)
-
-    def consumed_batches(self) -> int:
-        """Training batches this rank has consumed: optimizer steps × gradient accumulation."""
+    def _position(self) -> int:
+        """Training batches this rank has consumed: optimizer steps × gradient accumulation (epochs end on a step)."""
         trainer = self.trainer
+        if trainer is None:
+            return self.start_batch
         return trainer.global_step * trainer.accumulate_grad_batches
 
-    def state_dict(self) -> dict:
-        _, world = self._rank_and_world()
+    def _loader(self, windows: TokenWindows | None, position: Callable[[], int]) -> DataLoader:
+        if windows is None:
+            raise DataError("GPT2DataModule.setup() must run before its dataloaders are asked for")
+        return PositionedLoader(windows, position, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_windows, self._position)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_windows, lambda: 0)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_windows, lambda: 0)  # the held-out split
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.val_windows, lambda: 0)
+
+    # ---- resuming --------------------------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict:
+        """Everything that decides which window comes at which position; a resume must match it all."""
+        _, world, accumulate = self._rank_world_accumulate()
         return {
-            "consumed_batches": self.consumed_batches(),
-            "world_size": world,
-            "batch_size": self.batch_size,
-            "block_size": self.block_size,
-            "source": self.source,
-            "num_workers": self.num_workers,  # informational: any worker count resumes the same sequence
+            "prepared data": self.cache.id if self.cache is not None else None,
+            "data.val_size": self.val_size,
+            "data.block_size": self.block_size,
+            "data.batch_size": self.batch_size,
+            "data.seed": self.seed,
+            "world size (trainer.devices × trainer.num_nodes)": world,
+            "trainer.accumulate_grad_batches": accumulate,
         }
 
+    def state_dict(self) -> dict:
+        return {"consumed_batches": self._position(), "fingerprint": self.fingerprint()}
+
     def load_state_dict(self, state: dict) -> None:
-        _, world = self._rank_and_world()
-        mismatched = [
-            f"{key} {state[key]!r} → {now!r}"
-            for key, now in (("world_size", world), ("batch_size", self.batch_size), ("block_size", self.block_size),
-                             ("source", self.source))
-            if state.get(key) != now
-        ]
-        if mismatched:
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn != "fit":
+            return  # validate / test / predict read the validation split from its start, whatever the position
+        if "fingerprint" not in state:
             raise DataError(
-                "cannot resume the data stream exactly: the checkpoint's data position was recorded with different "
-                "settings (" + "; ".join(mismatched) + "). Resume with the same number of devices and data "
-                "settings, or start a new run from its weights (model.init_from / gpt2-lightning convert)."
-            )
+                "this checkpoint's data position was written by the streaming data path of an earlier "
+                "gpt2-lightning and cannot be resumed exactly; start a new run from its weights "
+                "(model.init_from=<the .ckpt>)")
+        now = self.fingerprint()
+        changed = [f"{key}: checkpoint {was!r}, now {now.get(key)!r}" for key, was in state["fingerprint"].items()
+                   if now.get(key) != was]
+        if changed:
+            raise DataError(
+                "cannot resume the data stream exactly, settings that decide it changed (" + "; ".join(changed) + "). "
+                "Resume with the run's own data settings and device count (its config.yaml sits next to the logs), "
+                "or start a new run from its weights (model.init_from=<the .ckpt>).")
         self.start_batch = state["consumed_batches"]

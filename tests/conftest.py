@@ -1,8 +1,11 @@
 """Shared fixtures: GPT-2 checkpoints built locally by transformers, never fetched from the network."""
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported anywhere: tests never reach the Hub
+# prepared (tokenized) data goes to a fresh directory per test session, never the user's cache
+os.environ["GPT2_LIGHTNING_DATA"] = tempfile.mkdtemp(prefix="gpt2-lightning-data-")
 
 import pytest
 import torch

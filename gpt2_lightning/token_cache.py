@@ -1,0 +1,349 @@
+"""Prepared data: a corpus tokenized once into uint16 shards on disk, then read by token index.
+
+Layout of one prepared corpus, `<cache_dir>/<label>-<key>/` (key: the corpus identity, tokenizer and format):
+
+    manifest.json        what the source was (files with sizes and sha256, or dataset + revision + split + column),
+                         the tokenizer, document and token counts, the shards, the validation split made at
+                         prepare time, and `id`, the fingerprint a resumed run checks
+    tokens-00000.bin     GPT-2 token ids as little-endian uint16 (nanoGPT's format), `<|endoftext|>` after every
+    tokens-00001.bin     document; one stream cut into shards of at most SHARD_TOKENS tokens
+    documents.npy        int64 start offset of every document in the stream (where validation may begin)
+
+Preparing reads the documents in order in this process (every defect is found here, before any training
+step), tokenizes chunks of them in `num_proc` worker processes, writes into a temporary directory and renames
+it into place when complete, so a killed prepare leaves nothing a run could mistake for data. A matching cache
+is reused; one whose files changed since is rebuilt. No torch here: workers start fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from gpt2_lightning.corpus import Corpus, DataError
+from gpt2_lightning.tokenizer import EOT_ID, VOCAB_SHA256, get_tokenizer
+
+FORMAT = 1
+SHARD_TOKENS = 1 << 27  # 128 Mi tokens = 256 MiB per shard
+CHUNK_BYTES = 4 << 20  # text handed to a tokenizer process at a time
+TOKEN_DTYPE = np.dtype("<u2")
+TOKENIZER = {"name": "gpt2", "vocab_sha256": VOCAB_SHA256, "eot_id": EOT_ID, "dtype": "uint16"}
+
+
+def default_cache_dir() -> Path:
+    """`$GPT2_LIGHTNING_DATA`, else `$XDG_CACHE_HOME/gpt2-lightning/data` (~/.cache/...)."""
+    if os.environ.get("GPT2_LIGHTNING_DATA"):
+        return Path(os.environ["GPT2_LIGHTNING_DATA"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt2-lightning" / "data"
+
+
+def cache_path(corpus: Corpus, cache_dir: str | os.PathLike | None) -> Path:
+    """Where this corpus's prepared data lives: the same identity, tokenizer and format give the same directory."""
+    key = json.dumps({"corpus": corpus.identity(), "tokenizer": TOKENIZER, "format": FORMAT}, sort_keys=True)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / f"{corpus.label}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def validation_start(doc_starts: np.ndarray, n_tokens: int, val_size: float) -> tuple[int, str]:
+    """Token offset where the validation split begins, and how it was taken.
+
+    val_size < 1 is a fraction of the tokens, >= 1 a token count V. Validation is the tail of the stream: the last
+    whole documents holding at least V tokens ("documents"), or, where that would take more than 2V tokens (few,
+    long documents: a single file), exactly the last V tokens ("tail").
+    """
+    if val_size <= 0:
+        raise DataError(f"data.val_size must be > 0 (a fraction < 1 or a token count), got {val_size}")
+    want = math.ceil(val_size * n_tokens) if val_size < 1 else int(val_size)
+    if want >= n_tokens:
+        raise DataError(
+            f"data.val_size={val_size} asks for {want:,} validation tokens of a corpus of {n_tokens:,}; lower it")
+    target = n_tokens - want
+    start = int(doc_starts[np.searchsorted(doc_starts, target, side="right") - 1])
+    if start > 0 and n_tokens - start <= 2 * want:
+        return start, "documents"
+    return target, "tail"
+
+
+# ---- preparing ---------------------------------------------------------------------------------------------
+
+
+def encode_documents(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """GPT-2 tokens of the texts, each followed by `<|endoftext|>`, as one uint16 array, and each one's length."""
+    encoder = get_tokenizer()
+    tokens: list[int] = []
+    lengths = np.empty(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        before = len(tokens)
+        tokens.extend(encoder.encode_ordinary(text))
+        tokens.append(EOT_ID)
+        lengths[i] = len(tokens) - before
+    return np.asarray(tokens, dtype=TOKEN_DTYPE), lengths
+
+
+def _chunks(documents: Iterable[str], chunk_bytes: int) -> Iterator[list[str]]:
+    chunk, size = [], 0
+    for doc in documents:
+        chunk.append(doc)
+        size += len(doc)
+        if size >= chunk_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def encoded_chunks(documents: Iterable[str], num_proc: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """(texts, tokens, lengths) per chunk, in order; chunks are tokenized by `num_proc` processes.
+
+    A corpus of one chunk (the builtin one) is tokenized here without starting any process. At most 2 × num_proc
+    chunks are in flight, so memory does not grow with the corpus.
+    """
+    chunks = _chunks(documents, CHUNK_BYTES)
+    head = [c for c in (next(chunks, None), next(chunks, None)) if c is not None]
+    if num_proc <= 1 or len(head) < 2:
+        for chunk in (*head, *chunks):
+            yield (chunk, *encode_documents(chunk))
+        return
+    # spawn, not fork: the parent may hold torch's thread pools; the workers import only numpy and tiktoken
+    with ProcessPoolExecutor(num_proc, mp_context=get_context("spawn")) as pool:
+        pending: deque = deque()
+        for chunk in (*head, *chunks):
+            if len(pending) >= 2 * num_proc:
+                texts, future = pending.popleft()
+                yield (texts, *future.result())
+            pending.append((chunk, pool.submit(encode_documents, chunk)))
+        while pending:
+            texts, future = pending.popleft()
+            yield (texts, *future.result())
+
+
+class _ShardWriter:
+    """Appends tokens to tokens-NNNNN.bin files of at most `shard_tokens` tokens each."""
+
+    def __init__(self, directory: Path, shard_tokens: int) -> None:
+        self.directory, self.shard_tokens = directory, shard_tokens
+        self.shards: list[dict] = []
+        self._file = None
+
+    def write(self, tokens: np.ndarray) -> None:
+        while tokens.size:
+            if self._file is None or self.shards[-1]["tokens"] == self.shard_tokens:
+                self._open_next()
+            room = self.shard_tokens - self.shards[-1]["tokens"]
+            piece, tokens = tokens[:room], tokens[room:]
+            self._file.write(piece.tobytes())
+            self.shards[-1]["tokens"] += int(piece.size)
+
+    def _open_next(self) -> None:
+        self.close()
+        name = f"tokens-{len(self.shards):05d}.bin"
+        self._file = open(self.directory / name, "wb")
+        self.shards.append({"file": name, "tokens": 0})
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+
+def prepare(
+    corpus: Corpus,
+    cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
+    val_size: float = 0.0005,
+    shard_tokens: int = SHARD_TOKENS,
+    log=print,
+) -> Path:
+    """Tokenize `corpus` once into its cache directory and return it; a matching, unchanged cache is reused."""
+    path = cache_path(corpus, cache_dir)
+    if (path / "manifest.json").is_file():
+        manifest = read_manifest(path)
+        changed = corpus.changed(manifest["source"].get("content", {}))
+        if not changed:
+            validation_start(np.load(path / "documents.npy", mmap_mode="r"), manifest["tokens"], val_size)  # checks it
+            log(f"data: using {path} ({manifest['documents']:,} documents, {manifest['tokens']:,} tokens)")
+            return path
+        log(f"data: {len(changed)} source file(s) changed since {path} was prepared ({', '.join(changed[:3])}); "
+            "tokenizing again")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
+    tmp = path.parent / f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        _write(corpus, tmp, num_proc or available_cpus(), val_size, shard_tokens, log)
+        _publish(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _write(corpus: Corpus, directory: Path, num_proc: int, val_size: float, shard_tokens: int, log) -> None:
+    started = time.perf_counter()
+    writer = _ShardWriter(directory, shard_tokens)
+    doc_lengths: list[np.ndarray] = []
+    text_chars = 0
+    try:
+        for texts, tokens, lengths in encoded_chunks(corpus.documents(), num_proc):
+            writer.write(tokens)
+            doc_lengths.append(lengths)
+            text_chars += sum(len(t) for t in texts)
+    finally:
+        writer.close()
+    num_proc = num_proc if len(doc_lengths) > 1 else 1  # one chunk is tokenized without starting processes
+    lengths = np.concatenate(doc_lengths) if doc_lengths else np.zeros(0, dtype=np.int64)
+    if not lengths.size:
+        raise DataError(f"the corpus ({_describe(corpus)}) holds no text: every document is empty; give a corpus with text")
+    doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    n_tokens = int(lengths.sum())
+    np.save(directory / "documents.npy", doc_starts)
+    start, how = validation_start(doc_starts, n_tokens, val_size)
+    seconds = time.perf_counter() - started
+    source = {**corpus.identity(), "content": corpus.content()}
+    manifest = {
+        "format": FORMAT,
+        "source": source,
+        "tokenizer": TOKENIZER,
+        "documents": int(lengths.size),
+        "tokens": n_tokens,
+        "text_characters": text_chars,
+        "shards": writer.shards,
+        "split": {"val_size": val_size, "validation_start": start, "taken_as": how, "train_tokens": start,
+                  "validation_tokens": n_tokens - start},
+        "id": hashlib.sha256(json.dumps([source, TOKENIZER, n_tokens], sort_keys=True).encode()).hexdigest(),
+        "prepared": {"seconds": round(seconds, 2), "num_proc": num_proc, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    log(f"data: tokenized {lengths.size:,} documents ({text_chars / 1e6:,.1f} M characters) into {n_tokens:,} tokens "
+        f"in {seconds:.1f} s with {num_proc} process(es); validation: the last {n_tokens - start:,} tokens "
+        f"({how})")
+
+
+def _describe(corpus: Corpus) -> str:
+    if corpus.source == "files":
+        return ", ".join(str(p) for p in corpus.paths[:3]) + (" ..." if len(corpus.paths) > 3 else "")
+    return corpus.label
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Move a complete preparation into place; a stale one is swapped out, a concurrent identical one is kept."""
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{socket.gethostname()}-{os.getpid()}"
+        os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        os.rename(tmp, path)
+    except OSError:  # another node or process published the same data first (shared filesystem): keep theirs
+        if not (path / "manifest.json").is_file():
+            raise
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Delete temporary directories of preparations on this host whose process is gone (killed mid-prepare)."""
+    host = socket.gethostname()
+    for leftover in path.parent.glob(f".{path.name}.*-{host}-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_manifest(path: Path) -> dict:
+    manifest_file = path / "manifest.json"
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except FileNotFoundError:
+        raise DataError(
+            f"no prepared data at {path}: run `gpt2-lightning prepare` with the same data settings, or let `fit` "
+            "prepare it (Lightning calls prepare_data on local rank 0 of each node)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{manifest_file} is corrupt ({err}); delete {path} and prepare again") from None
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path} was prepared in format {manifest.get('format')}, this version reads {FORMAT}; "
+                        f"delete it and prepare again")
+    return manifest
+
+
+# ---- reading -----------------------------------------------------------------------------------------------
+
+
+class TokenCache:
+    """A prepared corpus opened for reading: any span of its token stream by offset, from memory-mapped shards.
+
+    Pickles without its open maps (DataLoader workers map the shards themselves, lazily).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.files = [self.path / s["file"] for s in self.manifest["shards"]]
+        sizes = [s["tokens"] for s in self.manifest["shards"]]
+        for file, tokens in zip(self.files, sizes):
+            actual = file.stat().st_size if file.is_file() else None
+            if actual != tokens * TOKEN_DTYPE.itemsize:
+                raise DataError(
+                    f"{file} is {'missing' if actual is None else f'{actual:,} bytes'}, the manifest says "
+                    f"{tokens * TOKEN_DTYPE.itemsize:,}: the prepared data is damaged; delete {self.path} and prepare "
+                    "again")
+        self.bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # shard s holds [bounds[s], bounds[s+1])
+        self.n_tokens = int(self.bounds[-1])
+        self._maps: list[np.memmap] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+    def validation_start(self, val_size: float) -> tuple[int, str]:
+        return validation_start(np.load(self.path / "documents.npy", mmap_mode="r"), self.n_tokens, val_size)
+
+    def read(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """Tokens [s, s + length) for each s in starts, as a (len(starts), length) uint16 array."""
+        if self._maps is None:
+            self._maps = [np.memmap(f, dtype=TOKEN_DTYPE, mode="r") for f in self.files]
+        out = np.empty((len(starts), length), dtype=TOKEN_DTYPE)
+        shards = np.searchsorted(self.bounds, starts, side="right") - 1
+        local = starts - self.bounds[shards]
+        inside = local + length <= self.bounds[shards + 1] - self.bounds[shards]
+        for shard in np.unique(shards[inside]).tolist():  # the common case: one gather per shard
+            rows = np.flatnonzero(inside & (shards == shard))
+            out[rows] = self._maps[shard][local[rows, None] + np.arange(length)]
+        for row in np.flatnonzero(~inside).tolist():  # a span crossing a shard boundary continues in the next
+            filled, shard = 0, int(shards[row])
+            while filled < length:
+                at = int(starts[row]) + filled - int(self.bounds[shard])
+                piece = self._maps[shard][at : at + length - filled]
+                out[row, filled : filled + piece.size] = piece
+                filled += piece.size
+                shard += 1
+        return out
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": None}

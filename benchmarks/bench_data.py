@@ -66,7 +66,7 @@ def cpu_scaling(n: int = 20_000_000) -> float:
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(2, mp_context=get_context("fork")) as pool:
         list(pool.map(_spin, [1000, 1000]))  # started
         start = time.perf_counter()
         pool.submit(_spin, n).result()

@@ -391,7 +391,9 @@ def run_mem(data_dir: Path, num_workers: int, args) -> dict:
 
 def trainer_resume(data_dir: Path, num_workers: int, mode: str, block: int, batch: int) -> str:
     """Under the Lightning Trainer: a run killed after step 25, resumed from its step-20 ModelCheckpoint, against
-    the uninterrupted run (batches compared by digest). `mode` is "steps" (max_steps=60) or "epochs" (max_epochs=1)."""
+    the uninterrupted run (batches compared by digest). `mode` is "steps" (max_steps=60), "epochs" (max_epochs=1)
+    or "epochs, sized schedule" (max_epochs=1, and configure_optimizers reads trainer.estimated_stepping_batches,
+    as a schedule sized to the run does)."""
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -413,6 +415,8 @@ def trainer_resume(data_dir: Path, num_workers: int, mode: str, block: int, batc
             return self.layer(b.float() / 50000).mean()
 
         def configure_optimizers(self):
+            if mode == "epochs, sized schedule":
+                self.trainer.estimated_stepping_batches  # noqa: B018 - what a run-length schedule reads
             return torch.optim.SGD(self.parameters(), lr=1e-3)
 
         def train_dataloader(self):
@@ -420,7 +424,7 @@ def trainer_resume(data_dir: Path, num_workers: int, mode: str, block: int, batc
                                        drop_last=True)
             return StreamingDataLoader(dataset, batch_size=batch, num_workers=num_workers)
 
-    checkpoints = data_dir.parent / f"_trainer_check_{mode}_{num_workers}"
+    checkpoints = data_dir.parent / f"_trainer_check_{len(mode)}_{num_workers}"
 
     def trainer() -> L.Trainer:
         limit = {"max_steps": 60} if mode == "steps" else {"max_epochs": 1}
@@ -706,7 +710,7 @@ def main() -> None:
               "small corpus)\n")
         print("| run | num_workers | uninterrupted batches | resumed batches | resumed run starts at batch | "
               "resumed == uninterrupted[20:] |\n|---|---|---|---|---|---|")
-        for mode in ("steps", "epochs"):
+        for mode in ("steps", "epochs", "epochs, sized schedule"):
             for nw in (0, 2):
                 print(trainer_resume(dirs["small"], nw, mode, T, B))
         print()

@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -116,8 +117,9 @@ def encoded_chunks(documents: Iterable[str], num_proc: int) -> Iterator[tuple[li
         for chunk in (*head, *chunks):
             yield (chunk, *encode_documents(chunk))
         return
-    # spawn, not fork: the parent may hold torch's thread pools; the workers import only numpy and tiktoken
-    with ProcessPoolExecutor(num_proc, mp_context=get_context("spawn")) as pool:
+    # Linux: fork, as `datasets.map(num_proc)` and DataLoader workers do; the workers run only tiktoken and numpy,
+    # no OpenMP. Spawn would re-import the launching command (torch, lightning: seconds per worker).
+    with ProcessPoolExecutor(num_proc, mp_context=get_context("fork" if sys.platform == "linux" else "spawn")) as pool:
         pending: deque = deque()
         for chunk in (*head, *chunks):
             if len(pending) >= 2 * num_proc:

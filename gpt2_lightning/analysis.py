@@ -190,7 +190,7 @@ def scalars(root: str | os.PathLike, tag: str) -> dict[int, float]:
 def finished(root: Path, steps: int) -> bool:
     """Whether `root` holds a run that completed `steps` steps (its logs and last.ckpt are then reused)."""
     last = root / "checkpoints" / "last.ckpt"
-    return last.is_file() and torch.load(last, map_location="cpu", weights_only=False)["global_step"] == steps
+    return last.is_file() and torch.load(last, map_location="cpu", weights_only=True)["global_step"] == steps
 
 
 def train(budget: Budget, runs: Path) -> tuple[dict[str, dict[int, Path]], int]:
@@ -204,8 +204,9 @@ def train(budget: Budget, runs: Path) -> tuple[dict[str, dict[int, Path]], int]:
             root = runs / f"{name}-seed{seed}"
             if finished(root, budget.steps):
                 reused += 1
-            else:
-                main(fit_args(budget, _fields(name, budget), root, seed, budget.steps))
+            else:  # a run stopped part-way continues
+                resume = ["--ckpt_path", "last"] if (root / "checkpoints" / "last.ckpt").exists() else []
+                main(fit_args(budget, _fields(name, budget), root, seed, budget.steps, *resume))
             roots.setdefault(name, {})[seed] = root
     return roots, reused
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -242,12 +243,52 @@ def load_state_dict_strict(model: GPT, state_dict: dict[str, torch.Tensor], sour
     model.load_state_dict(state_dict, strict=False)  # strict=False only for the tied lm_head, checked above
 
 
+# What the `.metadata` index of a torch.distributed.checkpoint directory may name; anything else is refused.
+DCP_METADATA_MODULES = ("torch.distributed.checkpoint.metadata",)
+DCP_METADATA_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+                        ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+                        ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
+                        ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset")}
+
+
+class _DistributedMetadataUnpickler(pickle.Unpickler):
+    """Unpickles a distributed-checkpoint index, admitting only the classes such an index is made of."""
+
+    def find_class(self, module: str, name: str):
+        allowed = (module in DCP_METADATA_MODULES or (module, name) in DCP_METADATA_GLOBALS
+                   or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)))
+        if not allowed:
+            raise CheckpointError(
+                f"refusing to load: the sharded checkpoint's .metadata names {module}.{name}, which a "
+                "torch.distributed.checkpoint index never holds (loading it could run code). Use only checkpoints "
+                "you wrote or trust; this one may have been tampered with"
+            )
+        return super().find_class(module, name)
+
+
+def check_distributed_checkpoint(path: Path) -> None:
+    """Read a sharded checkpoint's `.metadata` with the restricted unpickler before torch.distributed.checkpoint,
+    which unpickles it without restriction, is allowed to (a crafted index otherwise runs code on load)."""
+    index = path / ".metadata"
+    if not index.is_file():
+        raise CheckpointError(f"{path} is a directory without a .metadata index: not a complete sharded checkpoint")
+    with open(index, "rb") as f:
+        try:
+            _DistributedMetadataUnpickler(f).load()
+        except CheckpointError as err:
+            raise CheckpointError(f"{index}: {err}") from None
+        except Exception as err:
+            raise CheckpointError(f"{index} is unreadable ({type(err).__name__}: {err}): the checkpoint is damaged") from None
+
+
 def read_lightning_checkpoint(path: Path) -> dict:
     """A Lightning checkpoint as one dict: a `.ckpt` file, or the sharded `.ckpt` directory FSDP2 writes."""
     with torch.serialization.safe_globals([GPTConfig]):
         if not path.is_dir():
             return torch.load(path, map_location="cpu", weights_only=True)
         from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        check_distributed_checkpoint(path)
 
         with tempfile.TemporaryDirectory() as tmp:  # gather the shards into one file, without a process group
             dcp_to_torch_save(path, Path(tmp) / "full.pt")
@@ -266,6 +307,8 @@ def load_lightning_checkpoint(path: Path) -> GPT:
         checkpoint = read_lightning_checkpoint(path)
         config = checkpoint["hyper_parameters"]["config"]
         state = checkpoint["state_dict"]
+    except CheckpointError:
+        raise
     except Exception as err:
         raise CheckpointError(
             f"{path} is not a readable gpt2-lightning training checkpoint ({type(err).__name__}: {err})"

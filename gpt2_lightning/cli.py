@@ -16,17 +16,34 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from gpt2_lightning.checkpoints import HUB_MODELS, CheckpointError, download, mha_to_gqa, save_hf, save_pretrained
+from gpt2_lightning.checkpoints import (
+    HUB_MODELS,
+    CheckpointError,
+    check_distributed_checkpoint,
+    download,
+    mha_to_gqa,
+    save_hf,
+    save_pretrained,
+)
 from gpt2_lightning.data import GPT2DataModule
 from gpt2_lightning.model import GPT
 from gpt2_lightning.module import GPT2LightningModule
 from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer
-from gpt2_lightning.training import AtomicCheckpointIO
+from gpt2_lightning.training import (
+    PREEMPTED_EXIT_STATUS,
+    AtomicCheckpointIO,
+    LoggedStepIsOptimizerStep,
+    PreemptionCheckpoint,
+    RunError,
+    RunLock,
+    StepCheckpoint,
+    is_launching_process,
+    recover_sharded_checkpoint,
+)
 
 
 def pick_device(name: str) -> torch.device:
@@ -143,7 +160,7 @@ class GPT2LightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.config.block_size", "data.block_size")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(StepCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 100,
                              "checkpoint.save_top_k": 0})
 
@@ -151,11 +168,18 @@ class GPT2LightningCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make its saves atomic
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if self.subcommand == "fit":
+            trainer.callbacks[:0] = [LoggedStepIsOptimizerStep(), PreemptionCheckpoint(self._last_path())]
         return trainer
+
+    def _last_path(self) -> Path:
+        return Path(self.config[self.subcommand].checkpoint.dirpath) / "last.ckpt"
 
     def after_fit(self) -> None:
         """Show what the model learned: a short sample from the trained weights (single process, unsharded)."""
         trainer, module = self.trainer, self.model
+        if any(isinstance(c, PreemptionCheckpoint) and c.preempted for c in trainer.callbacks):
+            raise SIGTERMException()  # saved and stopped: exit as preempted, not as finished
         if trainer.world_size > 1 or not trainer.is_global_zero:
             return
         tokenizer = get_tokenizer()
@@ -164,6 +188,44 @@ class GPT2LightningCLI(LightningCLI):
         max_new = min(100, model.config.block_size - 1) if model.config.pos_encoding == "learned" else 100
         out = model.generate(prompt, max_new, temperature=0.8, top_k=200, generator=torch.Generator(module.device).manual_seed(0))
         print("\n--- sample from the trained model ---\n" + tokenizer.decode(out[0, 1:].tolist()) + "\n---")
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI would overwrite the parsed config with the checkpoint's hyperparameters, so a resumed run
+        silently ignored the command line (and config.yaml recorded the checkpoint's values). Here the command
+        line stands, and the module refuses a resume whose architecture or optimisation settings differ."""
+
+    def _check_checkpoint_to_load(self) -> None:
+        """Vet a sharded checkpoint before torch.distributed.checkpoint unpickles its index (see checkpoints)."""
+        config = self.config[self.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is None:
+            return
+        if ckpt_path == "last":
+            candidates = list(Path(config.checkpoint.dirpath).glob("last*.ckpt")) if config.get("checkpoint") else []
+        else:
+            candidates = [Path(ckpt_path)]
+        for candidate in candidates:
+            if candidate.is_dir():
+                check_distributed_checkpoint(candidate)
+
+    before_validate = before_test = before_predict = _check_checkpoint_to_load
+
+    def before_fit(self) -> None:
+        """One run per directory, and `last` always this directory's newest state: take the run lock, finish or
+        discard an interrupted sharded save, refuse a fresh run where one already left checkpoints."""
+        global _run_lock
+        last = self._last_path()
+        if is_launching_process():
+            _run_lock = RunLock(last.parent)
+            _run_lock.acquire()
+            recover_sharded_checkpoint(last)
+        config = self.config[self.subcommand]
+        if config.ckpt_path is None and any(last.parent.glob("last*.ckpt")):
+            raise RunError(
+                f"{last.parent} already holds a run's checkpoints: pass --ckpt_path last to continue that run, or "
+                "another --trainer.default_root_dir for a new one"
+            )
+        self._check_checkpoint_to_load()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -193,6 +255,9 @@ def run_prepare(argv: Sequence[str]) -> None:
         sys.argv = command_line
 
 
+_run_lock: RunLock | None = None  # held by `fit` in the launching process, released when the command ends
+
+
 def run_lightning(argv: Sequence[str] | None, command: str) -> None:
     """LightningCLI on `argv` (None: the command line); bad input ends in one line saying what to change."""
     defaults = {"default_config_files": [str(QUICKSTART)]}
@@ -209,8 +274,15 @@ def run_lightning(argv: Sequence[str] | None, command: str) -> None:
             f"gpt2-lightning {command}: error: {err}. Pass an existing checkpoint to --ckpt_path, or `--ckpt_path "
             "last` to resume the latest run under --trainer.default_root_dir."
         )
-    except (ValueError, FloatingPointError, MisconfigurationException) as err:  # config, devices, data, divergence
+    except SIGTERMException:
+        print(f"gpt2-lightning {command}: stopped by SIGTERM; the state at the last optimizer step is in last.ckpt: "
+              "continue with the same command and --ckpt_path last", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_STATUS)
+    except (ValueError, FloatingPointError, MisconfigurationException, RunError) as err:  # config, data, divergence
         sys.exit(f"gpt2-lightning {command}: error: {err}")
+    finally:
+        if _run_lock is not None:
+            _run_lock.release()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -157,6 +157,8 @@ class GPT2LightningModule(L.LightningModule):
                 "fp32/bf16 instead of fp16. Checkpoints and logs so far are kept."
             )
         self.log("train/loss", loss, prog_bar=True)
+        # the rate this step's optimizer update uses (the schedule advances after it, before on_train_batch_end)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -175,7 +177,6 @@ class GPT2LightningModule(L.LightningModule):
         tokens = inputs.numel() * trainer.accumulate_grad_batches * trainer.world_size
         tokens_per_sec = tokens / elapsed
         self.log("train/tokens_per_sec", tokens_per_sec, prog_bar=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         if self.peak:
             flops = 3 * self.model.flops_per_token(inputs.size(1)) * tokens_per_sec
             self.log("train/mfu", flops / (self.peak * trainer.world_size))
@@ -235,10 +236,35 @@ class GPT2LightningModule(L.LightningModule):
                     "with the run's own config (its config.yaml sits next to the logs), or start a new run from "
                     "its weights with model.init_from."
                 )
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self._refuse_changed_optimisation(checkpoint.get("hyper_parameters", {}))
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if "._orig_mod." in k or k.startswith("_orig_mod.")]:  # torch.compile'd elsewhere
             state[key.replace("_orig_mod.", "")] = state.pop(key)
         self._rng_state = checkpoint.get("torch_rng_state")
+
+
+    def _refuse_changed_optimisation(self, saved: dict) -> None:
+        """The optimizer and schedule restore their own state (base learning rates included), so a changed setting
+        would be recorded in config.yaml and not applied: resuming with one is refused instead."""
+        differ = []
+        for key in RESUMED_OPTIMISATION:
+            if key in saved:
+                was, now = saved[key], self.hparams[key]
+                if key == "betas":
+                    was, now = tuple(was), tuple(now)
+                if was != now:
+                    differ.append(f"model.{key}: checkpoint {was!r}, now {now!r}")
+        if differ:
+            raise ValueError(
+                "the checkpoint was trained with other optimisation settings (" + "; ".join(differ) + "), which the "
+                "restored optimizer and schedule would silently keep. Resume with the run's own settings (its "
+                "config.yaml sits next to the logs), or start a new run from its weights with model.init_from."
+            )
+
+
+# Settings the restored optimizer / LR schedule carry in their own state: changing them on resume is refused.
+RESUMED_OPTIMISATION = ("learning_rate", "min_learning_rate", "warmup_steps", "lr_decay_steps", "weight_decay", "betas")
 
 
 def lr_factor(step: int, warmup: int, decay_steps: int, min_ratio: float) -> float:

@@ -264,11 +264,12 @@ def _remove_leftovers(path: Path) -> None:
     host = socket.gethostname()
     for leftover in path.parent.glob(f".{path.name}.*-{host}-*"):
         pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

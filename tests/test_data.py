@@ -280,7 +280,7 @@ def test_an_invalid_file_stops_fit_before_the_first_step(tmp_path):
     (corpus / "b.jsonl").write_text('{"text": "fine"}\n{"text": 3}\n')
     with pytest.raises(SystemExit, match=r"b\.jsonl:2: 'text' is a int, not text"):
         fit(tmp_path / "run", "--data.source", "files", "--data.paths", str(corpus), "--trainer.max_steps", "4")
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == []  # no checkpoint, and the run lock released
 
 
 def test_max_epochs_ends_the_run(tmp_path):
@@ -294,7 +294,7 @@ def test_max_epochs_ends_the_run(tmp_path):
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     dm = datamodule(tmp_path, tmp_path / "src", val_size=0.2)
     steps_per_epoch = len(dm.train_windows) // 2
-    assert checkpoint["global_step"] == 2 * steps_per_epoch and checkpoint["epoch"] == 1
+    assert checkpoint["global_step"] == 2 * steps_per_epoch == len(scalars(tmp_path, "train/loss"))
 
 
 @pytest.fixture(scope="module")

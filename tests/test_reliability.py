@@ -1,0 +1,309 @@
+"""Runs you can trust: no code from crafted checkpoints, resume that honours or refuses the command line, one run
+per directory, SIGTERM that saves and exits non-zero, and kills at random moments (during saves too) that always
+leave a checkpoint from which the run continues bit for bit."""
+
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_data import write_docs
+from test_distributed import CONFIGS
+from test_training import TINY, fit
+
+from gpt2_lightning.analysis import finished, scalars
+from gpt2_lightning.checkpoints import CheckpointError
+from gpt2_lightning.cli import main
+from gpt2_lightning.corpus import builtin_documents
+from gpt2_lightning.model import GPT
+from gpt2_lightning.training import RunLock, recover_sharded_checkpoint
+
+
+class Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def crafted_sharded_checkpoint(directory: Path, marker: Path) -> Path:
+    """A directory shaped like FSDP's sharded last.ckpt whose .metadata index carries a payload."""
+    directory.mkdir(parents=True)
+    (directory / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    torch.save({"global_step": 1}, directory / "meta.pt")
+    return directory
+
+
+def test_the_payload_runs_when_unpickled_plainly(tmp_path):
+    """The control: the crafted index is live, so the refusals below are what keeps the marker from appearing."""
+    marker = tmp_path / "marker"
+    pickle.loads((crafted_sharded_checkpoint(tmp_path / "x.ckpt", marker) / ".metadata").read_bytes())
+    assert marker.read_text() == "ran"
+
+
+@pytest.mark.parametrize("how", ["from_pretrained", "generate", "convert", "fit --ckpt_path DIR", "fit --ckpt_path last"])
+def test_a_crafted_sharded_checkpoint_never_runs_code(tmp_path, how):
+    marker = tmp_path / "marker"
+    if how == "fit --ckpt_path last":
+        crafted = crafted_sharded_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", marker)
+    else:
+        crafted = crafted_sharded_checkpoint(tmp_path / "last.ckpt", marker)
+    message = r"refusing to load: .*\.metadata names builtins\.exec"
+    if how == "from_pretrained":
+        with pytest.raises(CheckpointError, match=message):
+            GPT.from_pretrained(crafted)
+    elif how == "generate":
+        with pytest.raises(SystemExit, match=message):
+            main(["generate", "--checkpoint", str(crafted), "--max-new-tokens", "2"])
+    elif how == "convert":
+        with pytest.raises(SystemExit, match=message):
+            main(["convert", "--checkpoint", str(crafted), "--out", str(tmp_path / "out")])
+    else:
+        ckpt = str(crafted) if how == "fit --ckpt_path DIR" else "last"
+        with pytest.raises(SystemExit, match=message):
+            fit(tmp_path / "run", "--trainer.max_steps", "2", "--ckpt_path", ckpt)
+    assert not marker.exists()
+
+
+def test_analyze_reads_checkpoints_without_running_code(tmp_path):
+    marker = tmp_path / "marker"
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"global_step": 4, "x": Payload(marker)}, tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(pickle.UnpicklingError):
+        finished(tmp_path, 4)
+    assert not marker.exists()
+
+
+# ---- resume honours or refuses -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def four_steps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("four")
+    fit(root, "--trainer.max_steps", "4")
+    return root
+
+
+@pytest.mark.parametrize("ckpt", ["file", "last"])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (["--model.config.n_layer", "1"], "different model config.*n_layer: checkpoint 2, config 1"),
+        (["--model.learning_rate", "1e-2"], r"other optimisation settings.*model.learning_rate: checkpoint 0.003, now 0.01"),
+        (["--model.warmup_steps", "7"], "model.warmup_steps: checkpoint 4, now 7"),
+    ],
+)
+def test_a_resume_never_silently_overrides_the_command_line(four_steps, ckpt, change, named):
+    path = str(four_steps / "checkpoints" / "last.ckpt") if ckpt == "file" else "last"
+    before = (four_steps / "checkpoints" / "last.ckpt").read_bytes()
+    with pytest.raises(SystemExit, match=named):
+        fit(four_steps, "--trainer.max_steps", "8", *change, "--ckpt_path", path)
+    assert (four_steps / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+# ---- one run per directory -----------------------------------------------------------------------------------------
+
+
+def test_a_fresh_run_where_one_already_is_is_refused(four_steps):
+    with pytest.raises(SystemExit, match="already holds a run's checkpoints: pass --ckpt_path last"):
+        fit(four_steps, "--trainer.max_steps", "8")
+    assert sorted(p.name for p in (four_steps / "checkpoints").iterdir()) == ["last.ckpt"]  # no last-v1.ckpt
+
+
+def test_a_second_concurrent_run_is_refused_and_a_dead_runs_lock_taken_over(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "checkpoints").mkdir()
+        (tmp_path / "checkpoints" / ".fit.lock").write_text(f"{os.uname().nodename} {sleeper.pid}")
+        with pytest.raises(SystemExit, match=rf"another fit \(pid {sleeper.pid}\) is running in"):
+            fit(tmp_path, "--trainer.max_steps", "2")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    fit(tmp_path, "--trainer.max_steps", "2")  # its process is gone: the lock is stale
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "checkpoints" / ".fit.lock").exists()
+
+
+def test_run_lock_is_exclusive_within_a_host(tmp_path):
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    first.acquire()
+    with pytest.raises(RuntimeError, match=f"pid {os.getpid()}"):
+        second.acquire()
+    first.release()
+    second.acquire()
+    second.release()
+
+
+def test_logged_steps_are_the_optimizer_steps_after_resumes(tmp_path):
+    """train/loss, train/lr and val/loss of 8 + 4 + 4 steps sit at the steps, with the values, of 16 straight ones
+    (Lightning alone shifted a resumed curve one step right and dropped the validation point at its end)."""
+    data = corpus_args(tmp_path)[:-2] + ["--model.lr_decay_steps", "16"]
+    fit(tmp_path / "straight", *data, "--trainer.max_steps", "16")
+    for steps in (8, 12, 16):
+        fit(tmp_path / "resumed", *data, "--trainer.max_steps", str(steps),
+            *(["--ckpt_path", "last"] if steps > 8 else []))
+    for tag in ("train/loss", "train/lr", "val/loss"):
+        assert scalars(tmp_path / "resumed", tag) == scalars(tmp_path / "straight", tag), tag
+    lr = scalars(tmp_path / "straight", "train/lr")
+    assert lr[0] == pytest.approx(3e-3 / 4) and lr[3] == pytest.approx(3e-3)  # warmup 4: the rate each step used
+
+
+# ---- interrupted saves --------------------------------------------------------------------------------------------
+
+
+def shard_dir(path: Path, label: str) -> Path:
+    path.mkdir(parents=True)
+    (path / "meta.pt").write_text(label)
+    return path
+
+
+@pytest.mark.parametrize(
+    "present, expected",
+    [
+        (["last.ckpt", "last.ckpt.saving"], "old"),  # killed while writing shards: the partial save is discarded
+        (["last.ckpt.old", "last.ckpt.saving"], "new"),  # killed between the two renames: the swap is finished
+        (["last.ckpt", "last.ckpt.old"], "new"),  # killed before deleting the old one
+        (["last.ckpt.saving"], None),  # the first save never completed: nothing to resume
+    ],
+)
+def test_an_interrupted_sharded_save_recovers_to_a_complete_checkpoint(tmp_path, present, expected):
+    labels = {"last.ckpt": "new" if "last.ckpt.old" in present else "old", "last.ckpt.old": "old",
+              "last.ckpt.saving": "new"}
+    for name in present:
+        shard_dir(tmp_path / name, labels[name])
+    recover_sharded_checkpoint(tmp_path / "last.ckpt")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == (["last.ckpt"] if expected else [])
+    if expected:
+        assert (tmp_path / "last.ckpt" / "meta.pt").read_text() == expected
+
+
+def test_a_failed_single_file_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    fit(tmp_path, "--trainer.max_steps", "4")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def disk_full(checkpoint, filepath):
+        with open(filepath, "wb") as out:
+            out.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("lightning.fabric.plugins.io.torch_io._atomic_save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        fit(tmp_path, "--trainer.max_steps", "8", "--ckpt_path", "last")
+    assert last.read_bytes() == before
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # no .tmp, the lock released
+
+
+def test_a_sharded_save_that_dies_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    """The save itself, one process (torch.distributed.checkpoint writes without a process group): a failure while
+    shards are written leaves last.ckpt as it was, where Lightning's strategy had already emptied it."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from gpt2_lightning.training import AtomicModelParallelStrategy
+
+    def state(step):
+        return {"state_dict": {"w": torch.full((4,), float(step))}, "optimizer_states": [], "global_step": step}
+
+    def dies_midway(converted_state, path):
+        (Path(path) / "__0_0.distcp").write_bytes(b"")
+        raise OSError("killed while writing shards")
+
+    for strategy, survives in ((AtomicModelParallelStrategy(), True), (ModelParallelStrategy(), False)):
+        path = tmp_path / type(strategy).__name__ / "last.ckpt"
+        strategy.save_checkpoint(state(1), path)
+        before = {p.name: p.read_bytes() for p in path.iterdir()}
+        with monkeypatch.context() as patch:
+            patch.setattr("lightning.pytorch.strategies.model_parallel._distributed_checkpoint_save", dies_midway)
+            with pytest.raises(OSError, match="killed while writing"):
+                strategy.save_checkpoint(state(2), path)
+        after = {p.name: p.read_bytes() for p in path.iterdir()}
+        assert (after == before) is survives
+    recover_sharded_checkpoint(tmp_path / "AtomicModelParallelStrategy" / "last.ckpt")
+    assert [p.name for p in (tmp_path / "AtomicModelParallelStrategy").iterdir()] == ["last.ckpt"]
+
+
+# ---- SIGTERM and SIGKILL ------------------------------------------------------------------------------------------
+
+
+def corpus_args(root: Path) -> list[str]:
+    write_docs(root / "src", [d[:600] for d in builtin_documents()[:12]])
+    return ["--data.source", "files", "--data.paths", str(root / "src"), "--data.val_size", "0.15",
+            "--model.config.dropout", "0.1", "--model.lr_decay_steps", "60"]
+
+
+def launch(root: Path, *extra: str, config: str | None = None) -> subprocess.Popen:
+    configs = ["--config", str(CONFIGS / config), "--trainer.accelerator", "cpu"] if config else []
+    command = [sys.executable, "-m", "gpt2_lightning", "fit", *configs, *TINY, "--trainer.default_root_dir", str(root),
+               *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
+                            start_new_session=True)
+
+
+def wait_for(path: Path, content: str | None = None, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while not path.exists() or (content is not None and not path.read_text().endswith(content)):
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_sigterm_saves_exits_non_zero_and_resumes_exactly(tmp_path):
+    data = corpus_args(tmp_path)
+    straight = launch(tmp_path / "straight", *data, "--trainer.max_steps", "16")  # every leg alike: 1 thread
+    assert straight.wait(timeout=300) == 0
+    run = tmp_path / "preempted"
+    process = launch(run, *data, "--trainer.max_steps", "400", "--checkpoint.every_n_train_steps", "4")
+    wait_for(run / "checkpoints" / "last.ckpt")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 4 <= step < 60
+    resumed = launch(run, *data, "--trainer.max_steps", "16", "--ckpt_path", "last")
+    assert resumed.wait(timeout=300) == 0
+    straight, resumed = scalars(tmp_path / "straight", "train/loss"), scalars(run, "train/loss")
+    assert [resumed[s] for s in range(16)] == [straight[s] for s in range(16)]  # (the same schedule, 60 steps long)
+
+
+@pytest.mark.parametrize("config", [None, "fsdp.yaml"])
+def test_five_kills_at_random_moments_then_an_exact_resume(tmp_path, config):
+    """SIGKILL five times at random moments (saving every step, so many land inside a save); every time a
+    checkpoint remains that the next start takes up, and the run ends where an uninterrupted one does."""
+    data = corpus_args(tmp_path)
+    steps = 60
+    common = [*data, "--trainer.max_steps", str(steps), "--checkpoint.every_n_train_steps", "1"]
+    straight = launch(tmp_path / "straight", *common, config=config)
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()[-3000:]
+    run, rng = tmp_path / "killed", random.Random(0)
+    last = run / "checkpoints" / "last.ckpt"
+    saving = [last.with_name("last.ckpt.saving"), last.with_name("last.ckpt.tmp")]  # sharded, single file
+    for kill in range(5):
+        saved_before = last.stat().st_mtime_ns if last.exists() else 0
+        process = launch(run, *common, *(["--ckpt_path", "last"] if last.exists() else []), config=config)
+        deadline = time.time() + 120
+        while (not last.exists() or last.stat().st_mtime_ns == saved_before) and time.time() < deadline:
+            time.sleep(0.005)  # until this start has trained and saved at least one step
+        if kill % 2:  # inside a save, if one is caught being written within a second
+            deadline = time.time() + 1
+            while not any(p.exists() for p in saving) and time.time() < deadline:
+                time.sleep(0.0005)
+        else:
+            time.sleep(rng.uniform(0.0, 0.6))
+        assert process.poll() is None, "the run finished before it could be killed"
+        os.killpg(process.pid, signal.SIGKILL)  # the whole session: every rank
+        process.wait()
+    final = launch(run, *common, *(["--ckpt_path", "last"] if last.exists() else []), config=config)
+    assert final.wait(timeout=300) == 0, final.stderr.read()[-3000:]
+    a, b = scalars(tmp_path / "straight", "train/loss"), scalars(run, "train/loss")
+    assert [b[s] for s in range(steps)] == [a[s] for s in range(steps)]

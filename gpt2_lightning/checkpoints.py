@@ -38,6 +38,7 @@ CONV1D_WEIGHT = re.compile(r"^transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|ml
 MASK_BUFFER = re.compile(r"^transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
 TIED_HEAD = "lm_head.weight"
 OWN_MODEL_TYPE = "gpt2-lightning"  # config.json's model_type in this package's own format
+LOCAL_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".json")  # a name ending so is a path, not a hub id
 
 
 class CheckpointError(ValueError):
@@ -78,6 +79,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     if path.is_dir():
         return path
     name = str(name_or_path)
+    if path.suffix in LOCAL_SUFFIXES or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"{name}: no such file or directory (a local path, not a hub id); check the path")
     if name not in HUB_MODELS and name not in HUB_MODELS.values() and name.count("/") != 1:
         raise CheckpointError(
             f"{name!r} is neither a directory nor a hub id; pass a directory with config.json and "

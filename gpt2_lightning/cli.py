@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from gpt2_lightning.checkpoints import (
@@ -47,9 +49,15 @@ from gpt2_lightning.training import (
 
 
 def pick_device(name: str) -> torch.device:
-    """`auto` → cuda, else mps, else cpu; any other name is taken as it is."""
+    """`auto` → cuda, else mps, else cpu; any other name is taken as it is, if this machine has it."""
     if name != "auto":
-        return torch.device(name)
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__}); use "
+                             "--device cpu or auto")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
@@ -92,6 +100,9 @@ def run_download(args: argparse.Namespace) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise ValueError(f"--out {out} already exists and is not an empty directory; choose a new directory")
     model = GPT.from_pretrained(args.checkpoint)
     before = model.num_params()
     if args.n_kv_head is not None:
@@ -189,24 +200,67 @@ class GPT2LightningCLI(LightningCLI):
         out = model.generate(prompt, max_new, temperature=0.8, top_k=200, generator=torch.Generator(module.device).manual_seed(0))
         print("\n--- sample from the trained model ---\n" + tokenizer.decode(out[0, 1:].tolist()) + "\n---")
 
+    @staticmethod
+    def _resume_without_init_from(config) -> None:
+        """A resume takes every weight from its checkpoint, so `model.init_from` is not read (its source may be
+        gone): the architecture it gave is the checkpoint's, and config.yaml records that, with init_from null."""
+        root = config.trainer.default_root_dir or os.getcwd()
+        dirpath = config.checkpoint.dirpath or os.path.join(root, "checkpoints")
+        path = Path(dirpath) / "last.ckpt" if config.ckpt_path == "last" else Path(config.ckpt_path)
+        if not path.exists():
+            return
+        try:
+            saved = torch.load(path / "meta.pt" if path.is_dir() else path, map_location="cpu", weights_only=True,
+                               mmap=not path.is_dir())["hyper_parameters"]["config"]
+        except Exception:
+            return  # the checks before fit name what is wrong with it
+        for key, value in saved.items():
+            config.model.config[key] = value
+        config.model.init_from = None
+
     def _parse_ckpt_path(self) -> None:
         """LightningCLI would overwrite the parsed config with the checkpoint's hyperparameters, so a resumed run
         silently ignored the command line (and config.yaml recorded the checkpoint's values). Here the command
         line stands, and the module refuses a resume whose architecture or optimisation settings differ."""
 
-    def _check_checkpoint_to_load(self) -> None:
-        """Vet a sharded checkpoint before torch.distributed.checkpoint unpickles its index (see checkpoints)."""
+    def _checkpoint_to_load(self) -> Path | None:
+        """The checkpoint this command will load: --ckpt_path, with `last` the run directory's last.ckpt."""
         config = self.config[self.subcommand]
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None:
-            return
+            return None
         if ckpt_path == "last":
-            candidates = list(Path(config.checkpoint.dirpath).glob("last*.ckpt")) if config.get("checkpoint") else []
-        else:
-            candidates = [Path(ckpt_path)]
-        for candidate in candidates:
-            if candidate.is_dir():
-                check_distributed_checkpoint(candidate)
+            last = Path(config.checkpoint.dirpath) / "last.ckpt" if config.get("checkpoint") else None
+            return last if last is not None and last.exists() else None
+        return Path(ckpt_path)
+
+    def _check_checkpoint_to_load(self) -> None:
+        """Vet what will be loaded before Lightning does: a sharded checkpoint's index with the restricted
+        unpickler (torch.distributed.checkpoint would unpickle it freely), its strategy, a single file's integrity;
+        and a model whose vocabulary cannot hold GPT-2's token ids."""
+        vocab = self.config[self.subcommand].model.config.vocab_size
+        if vocab < EOT_ID + 1:
+            raise RunError(f"model.config.vocab_size={vocab} cannot hold the GPT-2 token ids the data is encoded "
+                           f"with (0 … {EOT_ID}); set it >= {EOT_ID + 1}")
+        path = self._checkpoint_to_load()
+        if path is None or not path.exists():
+            return  # Lightning reports a missing explicit path; `last` with nothing there starts fresh
+        if path.is_dir():
+            check_distributed_checkpoint(path)
+            if not isinstance(self.trainer.strategy, ModelParallelStrategy):
+                raise RunError(
+                    f"{path} is a sharded (FSDP) checkpoint; resume it with --config configs/fsdp.yaml on the same "
+                    "number of devices, or gather it (gpt2-lightning convert --checkpoint ... --out DIR) and start "
+                    "a new run from it with model.init_from=DIR"
+                )
+            return
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:
+            raise CheckpointError(
+                f"{path} is truncated or corrupt ({type(err).__name__}: {str(err).splitlines()[0][:120]}); resume from "
+                "another checkpoint, or start a new run"
+            ) from None
 
     before_validate = before_test = before_predict = _check_checkpoint_to_load
 
@@ -215,6 +269,16 @@ class GPT2LightningCLI(LightningCLI):
         discard an interrupted sharded save, refuse a fresh run where one already left checkpoints."""
         global _run_lock
         last = self._last_path()
+        strategy = self.trainer.strategy
+        if isinstance(strategy, ModelParallelStrategy):
+            dp, tp = strategy._data_parallel_size, strategy._tensor_parallel_size
+            world = self.trainer.num_devices * self.trainer.num_nodes
+            if "auto" not in (dp, tp) and dp * tp != world:
+                raise RunError(
+                    f"the strategy splits data_parallel_size={dp} × tensor_parallel_size={tp} = {dp * tp} ways, but "
+                    f"the run has {world} devices (trainer.devices × trainer.num_nodes); set "
+                    f"--trainer.strategy.init_args.data_parallel_size {world // tp if world % tp == 0 else world}"
+                )
         if is_launching_process():
             _run_lock = RunLock(last.parent)
             _run_lock.acquire()
@@ -229,6 +293,8 @@ class GPT2LightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "fit" and config.model.init_from is not None and config.ckpt_path is not None:
+            self._resume_without_init_from(config)
         if config.get("checkpoint") and config.checkpoint.dirpath is None:
             # {default_root_dir}/checkpoints/last.ckpt, the same for every run, so `--ckpt_path last` finds it
             config.checkpoint.dirpath = os.path.join(config.trainer.default_root_dir or os.getcwd(), "checkpoints")
@@ -280,6 +346,12 @@ def run_lightning(argv: Sequence[str] | None, command: str) -> None:
         sys.exit(PREEMPTED_EXIT_STATUS)
     except (ValueError, FloatingPointError, MisconfigurationException, RunError) as err:  # config, data, divergence
         sys.exit(f"gpt2-lightning {command}: error: {err}")
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        sys.exit(f"gpt2-lightning {command}: error: cannot write {err.filename or 'the run directory'} ({err.strerror}); "
+                 "the last complete checkpoint is intact: free space or fix permissions, then resume with "
+                 "--ckpt_path last")
     finally:
         if _run_lock is not None:
             _run_lock.release()

@@ -265,6 +265,14 @@ class GPT(nn.Module):
         """(B, T) token ids → (B, T, C) final-LayerNorm states. With a cache, the ids continue its sequence."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, time), got {tuple(input_ids.shape)}")
+        if input_ids.device.type == "cpu" and input_ids.numel():  # (on an accelerator this check would sync)
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(
+                    f"token id {high if high >= self.config.vocab_size else low} is outside the model's vocabulary "
+                    f"(0 … {self.config.vocab_size - 1}): the ids come from another tokenizer, or vocab_size is too "
+                    "small for them"
+                )
         start = kv_cache.pos if kv_cache is not None else 0
         T = input_ids.size(1)
         self._check_length(start + T)
@@ -363,8 +371,8 @@ def sample_next_token(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Pick one token per row of (B, V) logits: greedy at temperature 0, else sampled after top-k / top-p."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -372,6 +380,11 @@ def sample_next_token(
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
+    if not torch.isfinite(logits).all():
+        raise ValueError(
+            f"temperature {temperature:g} is so small that logits / temperature overflow float32; use 0 for greedy "
+            "decoding, or a temperature >= 1e-3"
+        )
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -159,7 +159,14 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._acquire()
+        except OSError as err:
+            raise RunError(f"cannot write to {self.path.parent} ({err.strerror or err}); choose a writable "
+                           "--trainer.default_root_dir") from None
+
+    def _acquire(self) -> None:
         me = f"{socket.gethostname()} {os.getpid()}"
         for _ in range(2):
             try:

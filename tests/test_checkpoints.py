@@ -200,4 +200,6 @@ def test_hub_id_uses_weights_already_under_checkpoints(tmp_path, monkeypatch, hf
 
 def test_name_that_is_neither_a_directory_nor_a_hub_id(tmp_path):
     with pytest.raises(CheckpointError, match="neither a directory nor a hub id.*gpt2-medium"):
+        GPT.from_pretrained("not-a-model")
+    with pytest.raises(CheckpointError, match="no such file or directory \\(a local path, not a hub id\\)"):
         GPT.from_pretrained(str(tmp_path / "no" / "such" / "dir"))

@@ -81,7 +81,7 @@ def test_top_k_and_top_p_only_ever_pick_allowed_tokens():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"temperature": -1}, "temperature must be >= 0"), ({"top_k": 0}, "top_k must be >= 1"),
+    [({"temperature": -1}, "temperature must be a number >= 0"), ({"top_k": 0}, "top_k must be >= 1"),
      ({"top_p": 0.0}, r"top_p must be in \(0, 1\]")],
 )
 def test_bad_sampling_arguments(kwargs, message):

@@ -198,7 +198,7 @@ def test_a_failed_single_file_save_leaves_no_temporary_file(tmp_path, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("lightning.fabric.plugins.io.torch_io._atomic_save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(SystemExit, match="No space left on device"):
         fit(tmp_path, "--trainer.max_steps", "8", "--ckpt_path", "last")
     assert last.read_bytes() == before
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # no .tmp, the lock released
@@ -307,3 +307,110 @@ def test_five_kills_at_random_moments_then_an_exact_resume(tmp_path, config):
     assert final.wait(timeout=300) == 0, final.stderr.read()[-3000:]
     a, b = scalars(tmp_path / "straight", "train/loss"), scalars(run, "train/loss")
     assert [b[s] for s in range(steps)] == [a[s] for s in range(steps)]
+
+
+# ---- bad input: one line with the fix -------------------------------------------------------------------------------
+
+
+def test_token_ids_outside_the_vocabulary_are_named():
+    from gpt2_lightning.model import GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    with pytest.raises(ValueError, match=r"token id 50 is outside the model's vocabulary \(0 … 49\)"):
+        model(torch.tensor([[1, 50]]))
+    with pytest.raises(ValueError, match="token id -1 is outside"):
+        model(torch.tensor([[-1, 2]]))
+
+
+def test_a_too_small_vocabulary_for_the_data_is_refused_before_training(tmp_path):
+    with pytest.raises(SystemExit, match="model.config.vocab_size=1000 cannot hold the GPT-2 token ids"):
+        fit(tmp_path, "--trainer.max_steps", "2", "--model.config.vocab_size", "1000")
+
+
+def test_a_sharded_checkpoint_resumed_without_fsdp_is_refused(tmp_path):
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    sharded = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    sharded.mkdir(parents=True)
+    (sharded / ".metadata").write_bytes(pickle.dumps(Metadata(state_dict_metadata={})))
+    with pytest.raises(SystemExit, match="is a sharded \\(FSDP\\) checkpoint; resume it with --config configs/fsdp.yaml"):
+        fit(tmp_path / "run", "--trainer.max_steps", "2", "--ckpt_path", "last")
+
+
+def test_fsdp_with_a_device_count_other_than_its_data_parallel_size_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="data_parallel_size=2 × tensor_parallel_size=1 = 2 ways, but the run has 1 "
+                                         "devices.*data_parallel_size 1"):
+        main(["fit", "--config", str(CONFIGS / "fsdp.yaml"), *TINY, "--trainer.accelerator", "cpu",
+              "--trainer.devices", "1", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2"])
+
+
+def test_a_truncated_checkpoint_is_named(four_steps, tmp_path):
+    truncated = tmp_path / "truncated.ckpt"
+    data = (four_steps / "checkpoints" / "last.ckpt").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit, match="truncated.ckpt is truncated or corrupt"):
+        fit(tmp_path / "run", "--trainer.max_steps", "8", "--ckpt_path", str(truncated))
+
+
+def test_a_read_only_run_directory_is_named(tmp_path):
+    if os.geteuid() == 0:  # root writes anywhere: stand in a file for the directory
+        (tmp_path / "ro").write_text("")
+        root = tmp_path / "ro"
+    else:
+        root = tmp_path / "ro"
+        root.mkdir(mode=0o555)
+    with pytest.raises(SystemExit, match=r"cannot write to .*ro.*choose a writable --trainer.default_root_dir"):
+        fit(root, "--trainer.max_steps", "2")
+
+
+def test_a_full_disk_during_a_save_is_one_line(tmp_path, monkeypatch):
+    def disk_full(checkpoint, filepath):
+        raise OSError(28, "No space left on device", str(filepath))
+
+    monkeypatch.setattr("lightning.fabric.plugins.io.torch_io._atomic_save", disk_full)
+    with pytest.raises(SystemExit, match=r"cannot write .*last.ckpt.tmp \(No space left on device\).*--ckpt_path last"):
+        fit(tmp_path, "--trainer.max_steps", "4")
+
+
+def test_convert_onto_an_existing_file_is_refused(four_steps, tmp_path):
+    (tmp_path / "taken").write_text("keep me")
+    with pytest.raises(SystemExit, match="--out .*taken already exists"):
+        main(["convert", "--checkpoint", str(four_steps / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "taken")])
+    assert (tmp_path / "taken").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--temperature", "nan"], "temperature must be a number >= 0"),
+        (["--temperature", "1e-45"], "so small that logits / temperature overflow"),
+        (["--device", "cuda"], "--device cuda: this machine has no CUDA device"),
+    ],
+)
+def test_generate_refuses_what_it_cannot_honour(four_steps, args, message):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit, match=message):
+        main(["generate", "--checkpoint", str(four_steps / "checkpoints" / "last.ckpt"), "--max-new-tokens", "2", *args])
+
+
+def test_a_missing_local_path_is_not_sent_to_the_hub(capsys):
+    with pytest.raises(SystemExit, match="runs/last.ckpt: no such file or directory \\(a local path, not a hub id\\)"):
+        main(["generate", "--checkpoint", "runs/last.ckpt"])
+
+
+def test_a_resume_does_not_need_the_init_from_source(tmp_path):
+    from conftest import make_hf_model, save_layout
+
+    pretrained = tmp_path / "pretrained"
+    pretrained.mkdir()
+    save_layout(make_hf_model(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257), pretrained, "hub")
+    args = ["--model.init_from", str(pretrained), "--model.config.block_size", "32"]
+    fit(tmp_path / "run", *args, "--trainer.max_steps", "2")
+    import shutil
+
+    shutil.rmtree(pretrained)  # the source is gone
+    fit(tmp_path / "run", *args, "--trainer.max_steps", "4", "--ckpt_path", "last")
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    config = (sorted((tmp_path / "run" / "lightning_logs").iterdir())[-1] / "config.yaml").read_text()
+    assert "init_from: null" in config and "n_embd: 32" in config  # what ran: the checkpoint's architecture

@@ -193,6 +193,9 @@ class GPT2LightningCLI(LightningCLI):
             raise SIGTERMException()  # saved and stopped: exit as preempted, not as finished
         if trainer.world_size > 1 or not trainer.is_global_zero:
             return
+        if any(hasattr(p, "to_local") for p in module.model.parameters()):  # FSDP2 on one device: still DTensors
+            print(f"\n(no sample: the trained model is sharded; gpt2-lightning generate --checkpoint {self._last_path()})")
+            return
         tokenizer = get_tokenizer()
         prompt = torch.tensor([[EOT_ID]], device=module.device)
         model = module.model.eval()

@@ -59,3 +59,9 @@ def test_sharded_checkpoint_converts_to_one_directory_with_the_tie_intact(tmp_pa
     sharded = GPT.from_pretrained(tmp_path / "checkpoints" / "last.ckpt")
     for (name, x), (_, y) in zip(model.state_dict().items(), sharded.state_dict().items()):
         assert torch.equal(x, y), name
+
+
+def test_a_single_device_fsdp_run_finishes_with_status_0(tmp_path):
+    out = run_cli(tmp_path, "fsdp.yaml", "--trainer.max_steps", "2", "--trainer.devices", "1",
+                  "--trainer.strategy.init_args.data_parallel_size", "1")
+    assert "no sample: the trained model is sharded" in out  # (it used to fail on an inference tensor, status 1)

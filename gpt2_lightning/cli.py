@@ -204,14 +204,9 @@ class GPT2LightningCLI(LightningCLI):
         print("\n--- sample from the trained model ---\n" + tokenizer.decode(out[0, 1:].tolist()) + "\n---")
 
     @staticmethod
-    def _resume_without_init_from(config) -> None:
+    def _resume_without_init_from(config, path: Path) -> None:
         """A resume takes every weight from its checkpoint, so `model.init_from` is not read (its source may be
         gone): the architecture it gave is the checkpoint's, and config.yaml records that, with init_from null."""
-        root = config.trainer.default_root_dir or os.getcwd()
-        dirpath = config.checkpoint.dirpath or os.path.join(root, "checkpoints")
-        path = Path(dirpath) / "last.ckpt" if config.ckpt_path == "last" else Path(config.ckpt_path)
-        if not path.exists():
-            return
         try:
             saved = torch.load(path / "meta.pt" if path.is_dir() else path, map_location="cpu", weights_only=True,
                                mmap=not path.is_dir())["hyper_parameters"]["config"]
@@ -226,15 +221,15 @@ class GPT2LightningCLI(LightningCLI):
         silently ignored the command line (and config.yaml recorded the checkpoint's values). Here the command
         line stands, and the module refuses a resume whose architecture or optimisation settings differ."""
 
-    def _checkpoint_to_load(self) -> Path | None:
-        """The checkpoint this command will load: --ckpt_path, with `last` the run directory's last.ckpt."""
-        config = self.config[self.subcommand]
+    @staticmethod
+    def _checkpoint_to_load(config) -> Path | None:
+        """The checkpoint a command will load: --ckpt_path, with `last` the run directory's last.ckpt if any."""
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None:
             return None
         if ckpt_path == "last":
-            last = Path(config.checkpoint.dirpath) / "last.ckpt" if config.get("checkpoint") else None
-            return last if last is not None and last.exists() else None
+            last = Path(config.checkpoint.dirpath) / "last.ckpt"
+            return last if last.exists() else None
         return Path(ckpt_path)
 
     def _check_checkpoint_to_load(self) -> None:
@@ -245,7 +240,7 @@ class GPT2LightningCLI(LightningCLI):
         if vocab < EOT_ID + 1:
             raise RunError(f"model.config.vocab_size={vocab} cannot hold the GPT-2 token ids the data is encoded "
                            f"with (0 … {EOT_ID}); set it >= {EOT_ID + 1}")
-        path = self._checkpoint_to_load()
+        path = self._checkpoint_to_load(self.config[self.subcommand])
         if path is None or not path.exists():
             return  # Lightning reports a missing explicit path; `last` with nothing there starts fresh
         if path.is_dir():
@@ -296,11 +291,13 @@ class GPT2LightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if self.subcommand == "fit" and config.model.init_from is not None and config.ckpt_path is not None:
-            self._resume_without_init_from(config)
         if config.get("checkpoint") and config.checkpoint.dirpath is None:
             # {default_root_dir}/checkpoints/last.ckpt, the same for every run, so `--ckpt_path last` finds it
             config.checkpoint.dirpath = os.path.join(config.trainer.default_root_dir or os.getcwd(), "checkpoints")
+        if self.subcommand == "fit" and config.model.init_from is not None:
+            path = self._checkpoint_to_load(config)
+            if path is not None and path.exists():
+                self._resume_without_init_from(config, path)
 
 
 class GPT2PrepareCLI(GPT2LightningCLI):

@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt2-lightning", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
+    # listed for --help; main() hands `prepare` to fit's parser (gpt2-lightning prepare --help shows its arguments)
+    commands.add_parser("prepare", help="tokenize a config's training data once, ahead of fit: takes fit's --config "
+                        "and --data.* arguments")
+
     gen = commands.add_parser("generate", help="continue a prompt, printing the text as it is produced")
     gen.add_argument("--checkpoint", default="gpt2", help="hub id (gpt2, gpt2-medium, ...) or an HF-format directory")
     gen.add_argument("--prompt", default="Hello, I'm a language model,")
@@ -312,7 +316,7 @@ def run_prepare(argv: Sequence[str]) -> None:
     command_line, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads either sys.argv or args, not both
     try:
         cli = GPT2PrepareCLI(GPT2LightningModule, GPT2DataModule, args=list(argv), run=False,
-                             parser_kwargs={"default_config_files": [str(QUICKSTART)],
+                             parser_kwargs={"default_config_files": [str(QUICKSTART)], "prog": "gpt2-lightning prepare",
                                             "description": "Tokenize a config's training data once, ahead of fit."})
         cli.datamodule.prepare_data()
     except ValueError as err:  # DataError included

@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,15 +57,23 @@ def hub_repo_id(name: str) -> str:
 
 
 def download(name: str, directory: str | os.PathLike | None = None) -> Path:
-    """Fetch config.json + model.safetensors of a hub model into `directory` (default checkpoints/<name>)."""
+    """Fetch config.json + model.safetensors of a hub model into `directory` (default checkpoints/<name>); a failed
+    fetch leaves no directory behind."""
     from huggingface_hub import hf_hub_download
+
+    from gpt2_lightning.hub import hub_unreachable
 
     repo_id = hub_repo_id(name)
     target = Path(directory) if directory is not None else checkpoints_dir() / repo_id.split("/")[-1]
+    existed = target.exists()
     try:
+        if (reason := hub_unreachable()) is not None:
+            raise ConnectionError(reason)
         for filename in ("config.json", "model.safetensors"):
             hf_hub_download(repo_id, filename, local_dir=target)
     except Exception as err:  # offline, unreachable, unknown repo, no safetensors file: all end here
+        if not existed:
+            shutil.rmtree(target, ignore_errors=True)
         raise CheckpointError(
             f"could not fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
             f"Get the weights where the Hub is reachable with `gpt2-lightning download {name}` (they land in "

@@ -196,7 +196,11 @@ def _parquet(path: Path, text_column: str, digest) -> Iterator[str]:
 def _hf(name: str, split: str, text_column: str, revision: str | None) -> Iterator[str]:
     import datasets
 
+    from gpt2_lightning.hub import hub_unreachable
+
     try:
+        if (reason := hub_unreachable()) is not None:
+            raise ConnectionError(reason)
         stream = datasets.load_dataset(name, split=split, streaming=True, revision=revision)
         for index, record in enumerate(stream):
             yield _text_of(record, text_column, f"dataset {name!r} record {index}")

@@ -203,3 +203,20 @@ def test_name_that_is_neither_a_directory_nor_a_hub_id(tmp_path):
         GPT.from_pretrained("not-a-model")
     with pytest.raises(CheckpointError, match="no such file or directory \\(a local path, not a hub id\\)"):
         GPT.from_pretrained(str(tmp_path / "no" / "such" / "dir"))
+
+
+def test_an_unreachable_hub_fails_at_once_naming_offline_mode_and_leaves_nothing(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from gpt2_lightning.checkpoints import download
+
+    def no_network(*args, **kwargs):
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # as a user without it: the probe, not the library, must answer
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match="huggingface.co is unreachable.*HF_HUB_OFFLINE=1"):
+        download("gpt2", tmp_path / "gpt2")
+    assert time.perf_counter() - started < 5 and not (tmp_path / "gpt2").exists()

@@ -150,6 +150,21 @@ def test_parquet_null_text_is_named_by_row(tmp_path):
         prepare(Corpus("files", [str(path)]), tmp_path / "cache", num_proc=1)
 
 
+def test_an_unreachable_hub_dataset_fails_at_once(tmp_path, monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    dm = GPT2DataModule(source="hf", block_size=32, cache_dir=str(tmp_path))
+    started = time.perf_counter()
+    with pytest.raises(DataError, match="huggingface.co is unreachable.*HF_HUB_OFFLINE=1.*data.source=builtin"):
+        dm.prepare_data()
+    assert time.perf_counter() - started < 5 and list(tmp_path.iterdir()) == []
+
+
 def test_offline_hub_dataset_says_what_to_pass_instead(tmp_path):
     dm = GPT2DataModule(source="hf", block_size=32, cache_dir=str(tmp_path))
     with pytest.raises(DataError, match="could not stream 'Skylion007/openwebtext'.*data.source=builtin"):

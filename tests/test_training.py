@@ -71,7 +71,19 @@ def test_print_config_shows_every_model_field(capsys):
         main(["fit", "--config", str(Path(__file__).parents[1] / "configs" / "gqa.yaml"), "--print_config"])
     assert done.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "n_kv_head: 4" in out and "pos_encoding: learned" in out and "sliding_window: null" in out
+    assert "n_kv_head: 2" in out and "pos_encoding: learned" in out and "sliding_window: null" in out
+
+
+@pytest.mark.parametrize("configs", [["gqa.yaml"], ["all.yaml"], ["gpt2.yaml", "gqa.yaml"], ["gpt2.yaml", "all.yaml"]])
+def test_grouped_query_configs_really_share_key_value_heads(configs, capsys):
+    """n_kv_head equal to n_head is plain multi-head attention: a GQA config must group on every base it composes with."""
+    import yaml
+
+    args = [a for c in configs for a in ("--config", str(Path(__file__).parents[1] / "configs" / c))]
+    with pytest.raises(SystemExit):
+        main(["fit", *args, "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)["model"]["config"]
+    assert config["n_head"] % config["n_kv_head"] == 0 and config["n_kv_head"] < config["n_head"]
 
 
 def test_unknown_config_key_is_named(tmp_path, capsys):

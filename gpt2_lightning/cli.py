@@ -188,7 +188,12 @@ class GPT2LightningCLI(LightningCLI):
         return trainer
 
     def _last_path(self) -> Path:
-        return Path(self.config[self.subcommand].checkpoint.dirpath) / "last.ckpt"
+        return self._last_checkpoint(self.config[self.subcommand])
+
+    @staticmethod
+    def _last_checkpoint(config) -> Path:
+        """{checkpoint.dirpath}/last.ckpt: where every run of a directory keeps its newest state."""
+        return Path(config.checkpoint.dirpath) / "last.ckpt"
 
     def after_fit(self) -> None:
         """Show what the model learned: a short sample from the trained weights (single process, unsharded)."""
@@ -232,7 +237,7 @@ class GPT2LightningCLI(LightningCLI):
         if ckpt_path is None:
             return None
         if ckpt_path == "last":
-            last = Path(config.checkpoint.dirpath) / "last.ckpt"
+            last = GPT2LightningCLI._last_checkpoint(config)
             return last if last.exists() else None
         return Path(ckpt_path)
 

@@ -62,12 +62,17 @@ def resolve_paths(patterns: list[str]) -> list[Path]:
     return sorted(p.resolve() for p in found)
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, read in 8 MiB blocks."""
-    digest = hashlib.sha256()
+def _hash_file(path: Path, digest) -> None:
+    """Feed a file's bytes to `digest`, in 8 MiB blocks."""
     with open(path, "rb") as f:
         while block := f.read(8 << 20):
             digest.update(block)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    _hash_file(path, digest)
     return digest.hexdigest()
 
 
@@ -177,9 +182,7 @@ def _jsonl(path: Path, text_column: str, digest) -> Iterator[str]:
 def _parquet(path: Path, text_column: str, digest) -> Iterator[str]:
     import pyarrow.parquet as pq
 
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
+    _hash_file(path, digest)
     try:
         file = pq.ParquetFile(path)
     except Exception as err:

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gpt2_lightning.corpus import OPENWEBTEXT, OPENWEBTEXT_PARQUET_REVISION, Corpus, DataError
-from gpt2_lightning.token_cache import TokenCache, cache_path, prepare
+from gpt2_lightning.token_cache import TokenCache, cache_path, check_val_size, prepare
 
 # Lightning warns that a sized IterableDataset may repeat data across workers; TokenWindows splits by worker itself.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
@@ -190,8 +190,7 @@ class GPT2DataModule(L.LightningDataModule):
                 raise DataError(f"data.{name} must be >= 1, got {value}")
         if num_workers < 0 or (num_proc is not None and num_proc < 1):
             raise DataError(f"data.num_workers must be >= 0 and data.num_proc >= 1, got {num_workers}, {num_proc}")
-        if val_size <= 0:
-            raise DataError(f"data.val_size must be > 0 (a fraction < 1 or a token count), got {val_size}")
+        check_val_size(val_size)
         self.corpus = Corpus(source, [paths] if isinstance(paths, str) else paths, dataset, revision, split, text_column)
         self.block_size, self.batch_size, self.val_size = block_size, batch_size, val_size
         self.num_workers, self.num_proc, self.cache_dir, self.seed = num_workers, num_proc, cache_dir, seed
@@ -290,4 +289,4 @@ class GPT2DataModule(L.LightningDataModule):
                 "cannot resume the data stream exactly, settings that decide it changed (" + "; ".join(changed) + "). "
                 "Resume with the run's own data settings and device count (its config.yaml sits next to the logs), "
                 "or start a new run from its weights (model.init_from=<the .ckpt>).")
-        self.start_batch = state["consumed_batches"]
+        # nothing to restore: with a trainer the position is its global step (state["consumed_batches"] records it)

@@ -243,7 +243,6 @@ class GPT2LightningModule(L.LightningModule):
             state[key.replace("_orig_mod.", "")] = state.pop(key)
         self._rng_state = checkpoint.get("torch_rng_state")
 
-
     def _refuse_changed_optimisation(self, saved: dict) -> None:
         """The optimizer and schedule restore their own state (base learning rates included), so a changed setting
         would be recorded in config.yaml and not applied: resuming with one is refused instead."""

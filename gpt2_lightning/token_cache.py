@@ -57,6 +57,11 @@ def cache_path(corpus: Corpus, cache_dir: str | os.PathLike | None) -> Path:
     return root / f"{corpus.label}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
+def check_val_size(val_size: float) -> None:
+    if val_size <= 0:
+        raise DataError(f"data.val_size must be > 0 (a fraction < 1 or a token count), got {val_size}")
+
+
 def validation_start(doc_starts: np.ndarray, n_tokens: int, val_size: float) -> tuple[int, str]:
     """Token offset where the validation split begins, and how it was taken.
 
@@ -64,8 +69,7 @@ def validation_start(doc_starts: np.ndarray, n_tokens: int, val_size: float) -> 
     whole documents holding at least V tokens ("documents"), or, where that would take more than 2V tokens (few,
     long documents: a single file), exactly the last V tokens ("tail").
     """
-    if val_size <= 0:
-        raise DataError(f"data.val_size must be > 0 (a fraction < 1 or a token count), got {val_size}")
+    check_val_size(val_size)
     want = math.ceil(val_size * n_tokens) if val_size < 1 else int(val_size)
     if want >= n_tokens:
         raise DataError(

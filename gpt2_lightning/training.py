@@ -186,6 +186,7 @@ class RunLock:
                 f.write(me)
             self.held = True
             return
+        raise RunError(f"could not take {self.path}: other runs keep claiming it; try again")
 
     def release(self) -> None:
         if self.held:

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt2_lightning.checkpoints import load_state_dict_strict, state_dict_from_hf
+from gpt2_lightning.checkpoints import load_state_dict_strict
+from gpt2_lightning.hf import state_dict_from_hf
 from gpt2_lightning.model import GPT, GPTConfig
 
 

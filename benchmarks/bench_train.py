@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from gpt2_lightning.data import GPT2DataModule
 from gpt2_lightning.model import GPTConfig
-from gpt2_lightning.module import GPT2LightningModule, measure_cpu_peak_flops
+from gpt2_lightning.module import GPT2LightningModule
+from gpt2_lightning.training import measure_cpu_peak_flops
 
 
 class StepTimes(L.Callback):
@@ -37,7 +38,7 @@ def tokens_per_sec(ends: list[float], warmup: int, tokens_per_step: int) -> floa
 
 def make(config: GPTConfig, batch_size: int) -> tuple[GPT2LightningModule, GPT2DataModule]:
     torch.manual_seed(0)
-    module = GPT2LightningModule(config, learning_rate=3e-3, warmup_steps=10, peak_flops=1.0)
+    module = GPT2LightningModule(config, learning_rate=3e-3, warmup_steps=10)
     data = GPT2DataModule(block_size=config.block_size, batch_size=batch_size, val_size=0.05)
     data.prepare_data()
     data.setup("fit")

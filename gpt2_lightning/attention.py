@@ -133,7 +133,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
-        self.pos = 0  # positions [0, pos) have been written
+        self.pos = 0  # positions [0, pos) have been written; `update` advances it at the last layer
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (B, nkv, T, hs) new keys/values at positions [pos, pos+T) and return what attention needs.
@@ -146,6 +146,15 @@ class KVCache:
         end = start + T
         if end > self.max_len:
             raise ValueError(f"KVCache holds {self.max_len} positions; writing up to position {end} overflows it")
+        keys, values = self._write(layer, k, v, start, end)
+        if layer == self.k.size(0) - 1:  # every layer has the new positions: the sequence moves on
+            self.pos = end
+        return keys, values
+
+    def _write(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int, end: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        T = end - start
         k_layer, v_layer = self.k[layer], self.v[layer]  # (B, nkv, slots, hs)
         if self.slots == self.max_len:  # a slot per position: positions are slots
             k_layer[:, :, start:end], v_layer[:, :, start:end] = k, v

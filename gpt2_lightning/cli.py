@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import codecs
 import errno
+import logging
 import os
 import sys
+import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,28 +25,27 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from gpt2_lightning.checkpoints import (
-    HUB_MODELS,
-    CheckpointError,
-    check_distributed_checkpoint,
-    download,
-    mha_to_gqa,
-    save_hf,
-    save_pretrained,
-)
+from gpt2_lightning.checkpoints import save_pretrained
 from gpt2_lightning.data import GPT2DataModule
-from gpt2_lightning.model import GPT
-from gpt2_lightning.module import GPT2LightningModule
+from gpt2_lightning.errors import CheckpointError, UsageError
+from gpt2_lightning.hf import HUB_MODELS, download, save_hf
+from gpt2_lightning.model import GPT, mha_to_gqa
+from gpt2_lightning.module import GPT2LightningModule, load_trained_model
 from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer
 from gpt2_lightning.training import (
     PREEMPTED_EXIT_STATUS,
     AtomicCheckpointIO,
+    ConsoleLog,
     LoggedStepIsOptimizerStep,
     PreemptionCheckpoint,
     RunError,
     RunLock,
     StepCheckpoint,
+    StepProgressBar,
+    TokenThroughput,
+    check_distributed_checkpoint,
     is_launching_process,
+    is_lightning_checkpoint,
     recover_sharded_checkpoint,
 )
 
@@ -53,10 +55,10 @@ def pick_device(name: str) -> torch.device:
     if name != "auto":
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__}); use "
+            raise UsageError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__}); use "
                              "--device cpu or auto")
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+            raise UsageError(f"--device {name}: MPS is not available here; use --device cpu or auto")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -65,13 +67,24 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def load_any(name_or_path: str) -> GPT:
+    """What `--checkpoint` accepts: a Lightning checkpoint `fit` wrote, else whatever GPT.from_pretrained reads."""
+    if is_lightning_checkpoint(Path(name_or_path)):
+        return load_trained_model(name_or_path)
+    return GPT.from_pretrained(name_or_path)
+
+
 def run_generate(args: argparse.Namespace) -> None:
+    if args.num_samples < 1 or args.max_new_tokens < 1:
+        raise UsageError(f"--num-samples and --max-new-tokens must be >= 1, got {args.num_samples} and "
+                         f"{args.max_new_tokens}")
     device = pick_device(args.device)
-    model = GPT.from_pretrained(args.checkpoint).to(device)
+    model = load_any(args.checkpoint).to(device)
     tokenizer = get_tokenizer()
     prompt_ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [EOT_ID]
     input_ids = torch.tensor([prompt_ids], device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    started, produced = time.perf_counter(), 0
     for sample in range(args.num_samples):
         if sample:
             print("\n" + "-" * 40)
@@ -88,10 +101,15 @@ def run_generate(args: argparse.Namespace) -> None:
             generator=generator,
         )
         for token in stream:
+            produced += 1
             if token.item() == EOT_ID:
                 break
             print(text.decode(tokenizer.decode_single_token_bytes(token.item())), end="", flush=True)
         print(text.decode(b"", final=True))
+    seconds = time.perf_counter() - started
+    print(f"[{args.num_samples} sample(s), {produced} new tokens in {seconds:.1f} s ({produced / seconds:.1f} tokens/s) "
+          f"from {args.checkpoint} ({model.num_params():,} parameters) on {device}, seed {args.seed}]",
+          file=sys.stderr)
 
 
 def run_download(args: argparse.Namespace) -> None:
@@ -102,16 +120,22 @@ def run_download(args: argparse.Namespace) -> None:
 def run_convert(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
-        raise ValueError(f"--out {out} already exists and is not an empty directory; choose a new directory")
-    model = GPT.from_pretrained(args.checkpoint)
+        raise UsageError(f"--out {out} already exists and is not an empty directory; choose a new directory")
+    model = load_any(args.checkpoint)
     before = model.num_params()
     if args.n_kv_head is not None:
         model = mha_to_gqa(model, args.n_kv_head)
     # plain GPT-2 goes out in transformers' format (readable by both); any variant in this package's own
     save = save_pretrained if model.config.departures_from_gpt2() else save_hf
     save(model, args.out)
-    change = f"n_kv_head={args.n_kv_head} (key/value heads mean-pooled per group), " if args.n_kv_head else ""
-    print(f"{args.checkpoint} → {change}{before:,} → {model.num_params():,} parameters, saved to {args.out}")
+    if args.n_kv_head is None:
+        change = f"re-saved unchanged ({before:,} parameters)"
+    elif model.num_params() == before:
+        change = f"already {args.n_kv_head} key/value heads: nothing to convert, re-saved ({before:,} parameters)"
+    else:
+        change = (f"n_kv_head={args.n_kv_head}: key/value heads mean-pooled per group, {before:,} → "
+                  f"{model.num_params():,} parameters")
+    print(f"{args.checkpoint}: {change}, in {'transformers' if save is save_hf else 'this package'}'s format, to {args.out}")
 
 
 def run_analyze(args: argparse.Namespace) -> None:
@@ -120,48 +144,63 @@ def run_analyze(args: argparse.Namespace) -> None:
     print(f"wrote {analyze(args.budget, args.out, args.runs)}")
 
 
+LIGHTNING_HELP = {
+    "fit": "train (or resume with --ckpt_path last) from YAML configs: --config configs/X.yaml, any key as --a.b.c",
+    "validate": "validation loss of a checkpoint (--ckpt_path) on the config's validation split",
+    "test": "test loss of a checkpoint (--ckpt_path) on the held-out split",
+    "predict": "next-token predictions of a checkpoint (--ckpt_path) for the held-out windows",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpt2-lightning", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="gpt2-lightning", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    # listed for --help; main() hands `prepare` to fit's parser (gpt2-lightning prepare --help shows its arguments)
-    commands.add_parser("prepare", help="tokenize a config's training data once, ahead of fit: takes fit's --config "
-                        "and --data.* arguments")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
-    gen = commands.add_parser("generate", help="continue a prompt, printing the text as it is produced")
-    gen.add_argument("--checkpoint", default="gpt2", help="hub id (gpt2, gpt2-medium, ...) or an HF-format directory")
-    gen.add_argument("--prompt", default="Hello, I'm a language model,")
-    gen.add_argument("--max-new-tokens", type=int, default=100)
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 is greedy decoding")
-    gen.add_argument("--top-k", type=int, default=200)
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--seed", type=int, default=1337)
-    gen.add_argument("--num-samples", type=int, default=1)
+    # listed for --help; main() hands these to LightningCLI (`gpt2-lightning fit --help` shows every option)
+    for name, help in LIGHTNING_HELP.items():
+        command(name, help + "; `gpt2-lightning " + name + " --help` lists every option")
+    command("prepare", "tokenize a config's training data once, ahead of fit: takes fit's --config and --data.* "
+            "arguments")
+
+    gen = command("generate", "continue a prompt, printing the text as it is produced")
+    gen.add_argument("--checkpoint", default="gpt2", help="a hub id (gpt2, gpt2-medium, ...), a checkpoint directory "
+                     "(config.json + model.safetensors) or a Lightning .ckpt file or sharded checkpoint directory")
+    gen.add_argument("--prompt", default="Hello, I'm a language model,", help="the text to continue")
+    gen.add_argument("--max-new-tokens", type=int, default=100, help="tokens to add to each sample (at most)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 is greedy decoding")
+    gen.add_argument("--top-k", type=int, default=200, help="sample from the k most likely tokens only")
+    gen.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens whose "
+                     "probability reaches p (nucleus sampling)")
+    gen.add_argument("--seed", type=int, default=1337, help="the sampling generator's seed")
+    gen.add_argument("--num-samples", type=int, default=1, help="independent continuations of the prompt")
     gen.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     gen.set_defaults(run=run_generate)
 
-    dl = commands.add_parser("download", help="fetch OpenAI's GPT-2 weights from the Hugging Face Hub")
+    dl = command("download", "fetch OpenAI's GPT-2 weights from the Hugging Face Hub")
     dl.add_argument("name", help=f"one of {', '.join(HUB_MODELS)} or a hub repo id owner/name")
     dl.add_argument("--dir", default=None, help="target directory (default: checkpoints/<name>)")
     dl.set_defaults(run=run_download)
 
-    conv = commands.add_parser(
-        "convert",
-        help="re-save any checkpoint (a Lightning .ckpt, sharded or not, included) as one directory, optionally "
-        "turning multi-head attention into grouped-query attention",
-    )
+    conv = command("convert", "re-save any checkpoint (a Lightning .ckpt, sharded or not, included) as one "
+                   "directory, optionally turning multi-head attention into grouped-query attention")
     conv.add_argument("--checkpoint", required=True, help="hub id, checkpoint directory or Lightning .ckpt")
     conv.add_argument("--n-kv-head", type=int, default=None, help="key/value heads to convert to (divides n_head)")
     conv.add_argument("--out", required=True, help="directory to write config.json + model.safetensors to")
     conv.set_defaults(run=run_convert)
 
-    ana = commands.add_parser(
-        "analyze", help="measure and train every attention variant; write docs/analysis.md and its plots"
-    )
-    ana.add_argument("--budget", choices=["small", "full", "tiny"], default="small",
-                     help="small: ~30 min on 2 CPU cores; full: hours; tiny: a smoke test")
+    ana = command("analyze", "measure, probe and train every attention variant; write docs/analysis.md and its "
+                  "plots")
+    ana.add_argument("--budget", choices=["tiny", "small", "medium"], default="small",
+                     help="tiny: a smoke test (seconds to a minute); small: <= 30 min on 2 CPU cores (docs/analysis.md); "
+                     "medium: <= 3 hours on 2 CPU cores")
     ana.add_argument("--out", default="docs", help="where analysis.md and img/ go")
-    ana.add_argument("--runs", default="runs/analysis", help="where the training runs' logs and checkpoints go")
+    ana.add_argument("--runs", default="runs/analysis", help="where each run's measurements and weights go (under <runs>/<budget>/; an interrupted analysis "
+                     "reuses the runs it finished)")
     ana.set_defaults(run=run_analyze)
     return parser
 
@@ -179,12 +218,30 @@ class GPT2LightningCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 100,
                              "checkpoint.save_top_k": 0})
 
+    def instantiate_classes(self) -> None:
+        """Build the module, data and Trainer from the config. A value Lightning or torch rejects here (a strategy
+        name, a device count, a precision) is a config error, shown as one line like ours."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            if isinstance(err, UsageError):
+                raise
+            raise UsageError(f"{err} (check the config)") from err
+
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make its saves atomic
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if self.subcommand == "fit":
             trainer.callbacks[:0] = [LoggedStepIsOptimizerStep(), PreemptionCheckpoint(self._last_path())]
+            trainer.callbacks.append(TokenThroughput())
+            bar = trainer.progress_bar_callback
+            if bar is not None:
+                trainer.callbacks.remove(bar)
+            if not sys.stdout.isatty():  # a file, a pipe, a batch job: lines, not a redrawn bar
+                trainer.callbacks.append(ConsoleLog(trainer.log_every_n_steps))
+            elif bar is not None:
+                trainer.callbacks.append(StepProgressBar())
         return trainer
 
     def _last_path(self) -> Path:
@@ -196,18 +253,26 @@ class GPT2LightningCLI(LightningCLI):
         return Path(config.checkpoint.dirpath) / "last.ckpt"
 
     def after_fit(self) -> None:
-        """Show what the model learned: a short sample from the trained weights (single process, unsharded)."""
+        """Show what the model learned: a short sample from the trained weights, printed by rank 0 (a sharded model
+        is gathered first, every rank taking part)."""
         trainer, module = self.trainer, self.model
         if any(isinstance(c, PreemptionCheckpoint) and c.preempted for c in trainer.callbacks):
             raise SIGTERMException()  # saved and stopped: exit as preempted, not as finished
-        if trainer.world_size > 1 or not trainer.is_global_zero:
-            return
-        if any(hasattr(p, "to_local") for p in module.model.parameters()):  # FSDP2 on one device: still DTensors
-            print(f"\n(no sample: the trained model is sharded; gpt2-lightning generate --checkpoint {self._last_path()})")
+        model = module.model
+        if any(hasattr(p, "to_local") for p in model.parameters()):  # FSDP2: DTensors, gathered to one full copy
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if not trainer.is_global_zero:
+                return
+            model = GPT(module.config)
+            model.load_state_dict(state)
+            model.to(module.device)
+        if not trainer.is_global_zero:
             return
         tokenizer = get_tokenizer()
         prompt = torch.tensor([[EOT_ID]], device=module.device)
-        model = module.model.eval()
+        model = model.eval()
         max_new = min(100, model.config.block_size - 1) if model.config.pos_encoding == "learned" else 100
         out = model.generate(prompt, max_new, temperature=0.8, top_k=200, generator=torch.Generator(module.device).manual_seed(0))
         print("\n--- sample from the trained model ---\n" + tokenizer.decode(out[0, 1:].tolist()) + "\n---")
@@ -324,7 +389,7 @@ def run_prepare(argv: Sequence[str]) -> None:
                              parser_kwargs={"default_config_files": [str(QUICKSTART)], "prog": "gpt2-lightning prepare",
                                             "description": "Tokenize a config's training data once, ahead of fit."})
         cli.datamodule.prepare_data()
-    except ValueError as err:  # DataError included
+    except UsageError as err:  # DataError included
         sys.exit(f"gpt2-lightning prepare: error: {err}")
     finally:
         sys.argv = command_line
@@ -353,7 +418,7 @@ def run_lightning(argv: Sequence[str] | None, command: str) -> None:
         print(f"gpt2-lightning {command}: stopped by SIGTERM; the state at the last optimizer step is in last.ckpt: "
               "continue with the same command and --ckpt_path last", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_STATUS)
-    except (ValueError, FloatingPointError, MisconfigurationException, RunError) as err:  # config, data, divergence
+    except (UsageError, FloatingPointError, MisconfigurationException) as err:  # config, data, run, divergence
         sys.exit(f"gpt2-lightning {command}: error: {err}")
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
@@ -366,7 +431,19 @@ def run_lightning(argv: Sequence[str] | None, command: str) -> None:
             _run_lock.release()
 
 
+def _quiet_lightning() -> None:
+    """Keep out of the console what no user can act on: Lightning's advertisements for its cloud products, a
+    deprecation warning Lightning raises against its own use of torch, and its warning that an iterable dataset
+    with a length may repeat data across workers (ours gives each worker its own batches: data.py)."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(lambda record: not record.getMessage().startswith("💡 Tip"))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    _quiet_lightning()
     words = sys.argv[1:] if argv is None else list(argv)
     if words and words[0] in LIGHTNING_COMMANDS:
         return run_lightning(argv, words[0])
@@ -375,5 +452,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (CheckpointError, ValueError) as err:
+    except UsageError as err:  # bad input: one line with the fix; anything else is a bug and keeps its traceback
         sys.exit(f"gpt2-lightning {args.command}: error: {err}")

@@ -22,12 +22,14 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+from gpt2_lightning.errors import UsageError
+
 OPENWEBTEXT = "Skylion007/openwebtext"
 OPENWEBTEXT_PARQUET_REVISION = "refs/convert/parquet"  # the Hub's Parquet conversion of the dataset
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """Bad or missing training data; the message names the file (and line) and what to do instead."""
 
 

@@ -18,109 +18,19 @@ nh n_head, nkv key/value heads, hs head size (C // nh), V vocab_size.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gpt2_lightning.attention import KVCache, attention
+from gpt2_lightning.checkpoints import load_state_dict_strict, read_pretrained
+from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.errors import UsageError
 from gpt2_lightning.rope import apply_rope, rope_frequencies, rope_tables
-
-# Published GPT-2 sizes: name -> (n_layer, n_head, n_embd). Everything else is shared.
-PRESETS: dict[str, tuple[int, int, int]] = {
-    "gpt2": (12, 12, 768),
-    "gpt2-medium": (24, 16, 1024),
-    "gpt2-large": (36, 20, 1280),
-    "gpt2-xl": (48, 25, 1600),
-}
-
-
-@dataclass
-class GPTConfig:
-    """Every hyper-parameter of the model; the defaults are GPT-2 small (124M)."""
-
-    vocab_size: int = 50257
-    block_size: int = 1024  # the number of learned positions, i.e. the longest sequence the model reads
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
-    pos_encoding: str = "learned"  # "learned" (GPT-2's position table) or "rope" (rotary, rotate-half layout)
-    rope_theta: float = 10000.0  # RoPE base: frequency i is rope_theta^(-2i/head_dim)
-    n_kv_head: int | None = None  # key/value heads: None = n_head (MHA), 1 = MQA, else GQA; divides n_head
-    sliding_window: int | None = None  # None = full causal; w: position t attends to t-w+1 … t
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(
-                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
-                "each head gets n_embd // n_head channels"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.pos_encoding not in ("learned", "rope"):
-            raise ValueError(f"GPTConfig.pos_encoding must be 'learned' or 'rope', got {self.pos_encoding!r}")
-        if self.pos_encoding == "rope" and self.head_dim % 2:
-            raise ValueError(
-                f"GPTConfig.pos_encoding='rope' needs an even head size (n_embd // n_head), got {self.head_dim}: "
-                "rotary embeddings rotate pairs of channels"
-            )
-        if not self.rope_theta > 0:
-            raise ValueError(f"GPTConfig.rope_theta must be > 0, got {self.rope_theta!r}")
-        if self.n_kv_head is not None:
-            if isinstance(self.n_kv_head, bool) or not isinstance(self.n_kv_head, int) or self.n_kv_head <= 0:
-                raise ValueError(
-                    f"GPTConfig.n_kv_head must be None (= n_head) or a positive integer, got {self.n_kv_head!r}"
-                )
-            if self.n_head % self.n_kv_head:
-                raise ValueError(
-                    f"GPTConfig.n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}): "
-                    "each key/value head serves n_head // n_kv_head query heads"
-                )
-        w = self.sliding_window
-        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
-            raise ValueError(
-                f"GPTConfig.sliding_window must be None (full causal attention) or an integer >= 1, got {w!r}"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def kv_heads(self) -> int:
-        """The number of key/value heads in effect (n_kv_head, or n_head when it is None)."""
-        return self.n_kv_head or self.n_head
-
-    def departures_from_gpt2(self) -> list[str]:
-        """What makes this config more than plain GPT-2 (empty for GPT-2 itself), each said as a field=value."""
-        return [
-            text
-            for present, text in (
-                (not self.bias, "bias=False (GPT-2 always has biases)"),
-                (self.pos_encoding != "learned", f"pos_encoding={self.pos_encoding!r} (GPT-2 has learned positions)"),
-                (self.kv_heads != self.n_head, f"n_kv_head={self.n_kv_head} (GPT-2 has one K/V head per query head)"),
-                (self.sliding_window is not None, f"sliding_window={self.sliding_window} (GPT-2 attends to all)"),
-            )
-            if present
-        ]
-
-    @classmethod
-    def from_name(cls, name: str, **overrides) -> GPTConfig:
-        """The configuration of a published GPT-2 size ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")."""
-        key = name.removeprefix("openai-community/")
-        if key not in PRESETS:
-            raise ValueError(f"unknown GPT-2 preset {name!r}; choose one of {', '.join(PRESETS)}")
-        n_layer, n_head, n_embd = PRESETS[key]
-        return replace(cls(n_layer=n_layer, n_head=n_head, n_embd=n_embd), **overrides)
-
 
 class CausalSelfAttention(nn.Module):
     """Causal self-attention for every variant: MHA/GQA/MQA, learned or rotary positions, full or windowed.
@@ -174,6 +84,31 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
+class LMHead(nn.Linear):
+    """The output projection (no bias), its (V, C) weight tied to the token embedding.
+
+    Decoding a few rows on a CPU is bound by reading this weight, and the CPU kernel reads the tied (V, C) layout
+    ~1.7× slower than a contiguous (C, V) copy (docs/performance.md). Under inference mode such calls read a
+    copy made once per weight version — any training step, load or in-place edit makes a fresh one — at the
+    cost of a second copy of the head in memory while the model decodes on a CPU.
+    """
+
+    def __init__(self, n_embd: int, vocab_size: int) -> None:
+        super().__init__(n_embd, vocab_size, bias=False)
+        self._transposed: torch.Tensor | None = None  # (C, V), contiguous
+        self._transposed_from: tuple[int, int] | None = None  # (data pointer, version) of the weight copied
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        rows = x.numel() // x.size(-1)
+        if torch.is_inference_mode_enabled() and w.device.type == "cpu" and rows <= 8 and not hasattr(w, "to_local"):
+            source = (w.data_ptr(), w._version)
+            if self._transposed_from != source:
+                self._transposed, self._transposed_from = w.detach().t().contiguous(), source
+            return x @ self._transposed
+        return F.linear(x, w)
+
+
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
@@ -212,7 +147,7 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         )
         self.transformer = nn.ModuleDict(layers)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = LMHead(config.n_embd, config.vocab_size)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
         self.apply(self._init_weights)
         # GPT-2 scales the init of the projections that write into the residual stream by 1/sqrt(2·n_layer),
@@ -248,7 +183,7 @@ class GPT(nn.Module):
     def _check_length(self, length: int) -> None:
         """Learned positions stop at block_size; rotary positions run on (block_size is then the training length)."""
         if self.config.pos_encoding == "learned" and length > self.config.block_size:
-            raise ValueError(
+            raise UsageError(
                 f"a sequence of {length} tokens is longer than block_size={self.config.block_size}, the number "
                 f"of learned positions this model has; use at most block_size tokens (prompt + new tokens), "
                 f"or a pos_encoding='rope' model, which runs past block_size"
@@ -264,11 +199,11 @@ class GPT(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """(B, T) token ids → (B, T, C) final-LayerNorm states. With a cache, the ids continue its sequence."""
         if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (batch, time), got {tuple(input_ids.shape)}")
+            raise UsageError(f"input_ids must have shape (batch, time), got {tuple(input_ids.shape)}")
         if input_ids.device.type == "cpu" and input_ids.numel():  # (on an accelerator this check would sync)
             low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= self.config.vocab_size:
-                raise ValueError(
+                raise UsageError(
                     f"token id {high if high >= self.config.vocab_size else low} is outside the model's vocabulary "
                     f"(0 … {self.config.vocab_size - 1}): the ids come from another tokenizer, or vocab_size is too "
                     "small for them"
@@ -285,22 +220,25 @@ class GPT(nn.Module):
             rope = rope_tables(self.rope_inv_freq, pos)  # 2 × (T, hs), shared by every layer
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, rope, kv_cache)
-        if kv_cache is not None:
-            kv_cache.pos += T
+            x = block(x, rope, kv_cache)  # the cache advances past these T positions at its last layer
         return self.transformer.ln_f(x)
 
-    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """(B, T) token ids → (B, T, V) next-token logits."""
-        return self.lm_head(self.hidden_states(input_ids, kv_cache))
+    def forward(
+        self, input_ids: torch.Tensor, kv_cache: KVCache | None = None, last_only: bool = False
+    ) -> torch.Tensor:
+        """(B, T) token ids → (B, T, V) next-token logits; `last_only`: (B, 1, V), the last position's (decoding)."""
+        x = self.hidden_states(input_ids, kv_cache)
+        return self.lm_head(x[:, -1:] if last_only else x)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str) -> GPT:
+    def from_pretrained(cls, name_or_path: str | os.PathLike) -> GPT:
         """A GPT in eval mode from a hub id ("gpt2", "openai-community/gpt2-xl", ...), an HF-format directory, or a
-        directory written by `gpt2_lightning.checkpoints.save_pretrained` (any variant)."""
-        from gpt2_lightning.checkpoints import load_pretrained  # checkpoints.py builds on this module
-
-        return load_pretrained(name_or_path)
+        directory written by `gpt2_lightning.checkpoints.save_pretrained` (any variant); every weight checked.
+        (A Lightning training checkpoint: `gpt2_lightning.module.load_trained_model`.)"""
+        config, state_dict, source = read_pretrained(name_or_path)
+        model = cls(config)
+        load_state_dict_strict(model, state_dict, source)
+        return model.eval()
 
     @torch.inference_mode()
     def generate(
@@ -339,20 +277,16 @@ class GPT(nn.Module):
         The prompt is run once (prefill) into a preallocated KV cache; each later step feeds one token.
         """
         if input_ids.dim() != 2 or input_ids.size(1) == 0:
-            raise ValueError(f"input_ids must have shape (batch, time) with time >= 1, got {tuple(input_ids.shape)}")
+            raise UsageError(f"input_ids must have shape (batch, time) with time >= 1, got {tuple(input_ids.shape)}")
         if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+            raise UsageError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         B, T = input_ids.shape
         self._check_length(T + max_new_tokens)
-        weight = self.lm_head.weight  # (V, C), tied to wte
         cache = self.make_kv_cache(B, T + max_new_tokens)
-        # At batch 1 the LM head is a matrix-vector product bound by reading the (V, C) weight; the tied
-        # layout makes the CPU kernel read it ~1.7× slower than a contiguous (C, V) copy, made once per call.
-        head = weight.t().contiguous() if max_new_tokens > 1 else weight.t()  # (C, V)
         finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         x = input_ids
         for _ in range(max_new_tokens):
-            logits = self.hidden_states(x, cache)[:, -1] @ head  # (B, V): only the last position
+            logits = self(x, cache, last_only=True)[:, -1]  # (B, V)
             token = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B,)
             if eos_token_id is not None:
                 token = token.masked_fill(finished, eos_token_id)
@@ -372,16 +306,16 @@ def sample_next_token(
 ) -> torch.Tensor:
     """Pick one token per row of (B, V) logits: greedy at temperature 0, else sampled after top-k / top-p."""
     if not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature}")
+        raise UsageError(f"temperature must be a number >= 0 (0 means greedy), got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise UsageError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise UsageError(f"top_p must be in (0, 1], got {top_p}")
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if not torch.isfinite(logits).all():
-        raise ValueError(
+        raise UsageError(
             f"temperature {temperature:g} is so small that logits / temperature overflow float32; use 0 for greedy "
             "decoding, or a temperature >= 1e-3"
         )
@@ -396,3 +330,31 @@ def sample_next_token(
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+def mha_to_gqa(model: GPT, n_kv_head: int) -> GPT:
+    """A copy of `model` with `n_kv_head` key/value heads, each the mean of the heads in its group.
+
+    This is the GQA paper's conversion (Ainslie et al. 2023, §2.1) before uptraining: key/value head j of the
+    result averages the original heads j·g … j·g + g - 1 (g = n_head // n_kv_head), weights and biases alike,
+    which matches query head i reading K/V head i // g. Exact when the heads within each group are equal.
+    """
+    config = model.config
+    if config.kv_heads != config.n_head:
+        raise UsageError(f"mha_to_gqa needs a multi-head model; this one already has n_kv_head={config.n_kv_head}")
+    new_config = dataclasses.replace(config, n_kv_head=n_kv_head)  # validates that n_kv_head divides n_head
+    group, hs, C = config.n_head // n_kv_head, config.head_dim, config.n_embd
+
+    def pool(x: torch.Tensor) -> torch.Tensor:  # (n_head·hs, ...) → (n_kv_head·hs, ...)
+        return x.reshape(n_kv_head, group, hs, *x.shape[1:]).mean(dim=1).flatten(0, 1)
+
+    state = model.state_dict()
+    for i in range(config.n_layer):
+        for suffix in ("weight", "bias"):
+            key = f"transformer.h.{i}.attn.c_attn.{suffix}"
+            if key in state:
+                q, k, v = state[key].split(C, dim=0)  # rows: q heads | k heads | v heads, hs rows per head
+                state[key] = torch.cat([q, pool(k), pool(v)], dim=0)  # (C + 2·n_kv·hs, ...)
+    converted = GPT(new_config).to(device=model.lm_head.weight.device, dtype=model.lm_head.weight.dtype)
+    converted.load_state_dict(state)
+    return converted.train(model.training)

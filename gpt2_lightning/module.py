@@ -7,34 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
+import os
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
-from torchmetrics.text import Perplexity
 
-from gpt2_lightning.checkpoints import mha_to_gqa
-from gpt2_lightning.model import GPT, GPTConfig
-
-# Dense bf16 tensor-core peaks (FLOP/s) by GPU name; MFU divides by these. CPUs are measured at fit start.
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "V100": 125e12,
-                  "4090": 165e12, "3090": 71e12}
-
-
-def measure_cpu_peak_flops(n: int = 2048, repeats: int = 3) -> float:
-    """This CPU's fp32 matmul rate, the best of a few (n × n) @ (n × n) products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+from gpt2_lightning.checkpoints import config_from_own, load_state_dict_strict
+from gpt2_lightning.errors import CheckpointError, UsageError
+from gpt2_lightning.model import GPT, GPTConfig, mha_to_gqa
+from gpt2_lightning.training import read_lightning_checkpoint
 
 
 class GPT2LightningModule(L.LightningModule):
@@ -63,14 +47,15 @@ class GPT2LightningModule(L.LightningModule):
             init_from: a hub id or checkpoint directory to fine-tune from; its architecture wins over `config`,
                 except dropout, n_kv_head (converted with mha_to_gqa) and sliding_window, applied on top.
             compile: torch.compile the model's forward (state-dict keys stay unprefixed).
-            peak_flops: FLOP/s that MFU divides by (default: a table for GPUs, a measured matmul rate for CPUs).
+            peak_flops: FLOP/s per device that MFU divides by (default: Lightning's table for GPUs at the training
+                precision, this CPU's measured fp32 matmul rate on CPUs); logged once as system/peak_flops.
         """
         super().__init__()
         self.save_hyperparameters()
         if isinstance(config, dict):  # as checkpoints store it (`load_from_checkpoint`)
             config = GPTConfig(**config)
         if warmup_steps < 0 or learning_rate <= 0 or not 0 <= min_learning_rate <= learning_rate:
-            raise ValueError(
+            raise UsageError(
                 "model: need learning_rate > 0, 0 <= min_learning_rate <= learning_rate and warmup_steps >= 0, got "
                 f"{learning_rate}, {min_learning_rate}, {warmup_steps}"
             )
@@ -78,10 +63,8 @@ class GPT2LightningModule(L.LightningModule):
         self.config = self.model.config
         self.hparams["config"] = dataclasses.asdict(self.config)  # the architecture built (init_from may change it)
         self.val_loss = MeanMetric()
-        self.val_ppl = Perplexity()
         self._rng_state: torch.Tensor | None = None
-        self._step_started: float | None = None
-        self.peak: float | None = None  # FLOP/s for MFU, settled at train start
+        self.flops_per_batch: float | None = None  # training FLOPs of one batch, read by the throughput monitor
 
     @staticmethod
     def _build(config: GPTConfig, init_from: str | None) -> GPT:
@@ -89,7 +72,7 @@ class GPT2LightningModule(L.LightningModule):
             return GPT(config)
         model = GPT.from_pretrained(init_from).train()
         if model.config.pos_encoding == "learned" and config.block_size > model.config.block_size:
-            raise ValueError(
+            raise UsageError(
                 f"model.config.block_size={config.block_size} is longer than the {model.config.block_size} learned "
                 f"positions of {init_from}; set model.config.block_size <= {model.config.block_size} (it sets the "
                 "training sequence length)"
@@ -124,31 +107,28 @@ class GPT2LightningModule(L.LightningModule):
 
     # ---- training -------------------------------------------------------------------------------------------
 
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size == 1:  # the model summary counts FLOPs on one forward of this (rank 0 only: with
+            # several ranks a sharded forward on one of them would wait forever for the others)
+            self.example_input_array = torch.zeros(1, self.config.block_size, dtype=torch.long)
+
     def on_train_start(self) -> None:
         if hasattr(self.model, "reshard"):  # FSDP2 keeps the root unsharded after a forward (sanity validation)
             self.model.reshard()
         total = self.model.num_params()
         local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in self.model.parameters())
-        # per-rank memory: with FSDP each rank holds ~1/world of parameters, gradients and AdamW's two moments
-        print(f"rank {self.global_rank}: holds {local:,} of {total:,} parameters ({local / total:.1%})", flush=True)
+        if self.trainer.world_size > 1 or local < total:  # per-rank memory: sharded, each rank holds ~1/world of
+            # parameters, gradients and AdamW's moments; replicated (DDP), all of them
+            print(f"rank {self.global_rank}: holds {local:,} of {total:,} parameters ({local / total:.1%})", flush=True)
         if self.logger is not None and self.trainer.is_global_zero:
             self.logger.log_metrics({"system/param_shard_fraction": local / total}, step=0)
         if self._rng_state is not None:  # resumed: continue the RNG stream (dropout) where the checkpoint left it
             torch.set_rng_state(self._rng_state)
             self._rng_state = None
-        if self.hparams.peak_flops is None:
-            device = self.device
-            if device.type == "cuda":
-                name = torch.cuda.get_device_name(device)
-                self.peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)
-            else:
-                self.peak = measure_cpu_peak_flops()
-        else:
-            self.peak = self.hparams.peak_flops
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self._step_started is None:
-            self._step_started = time.perf_counter()
+        inputs = batch[0]  # (B, T): forward + backward ≈ 3 × the forward's FLOPs
+        self.flops_per_batch = 3 * self.model.flops_per_token(inputs.size(1)) * inputs.numel()
         loss, _ = self._loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -162,33 +142,22 @@ class GPT2LightningModule(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norms = [p.grad.detach().norm(2) for p in self.parameters() if p.grad is not None]
-        if norms:
-            total = torch.stack([n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]).norm(2)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            total = torch.nn.utils.get_total_norm(grads, foreach=True)  # sharded (FSDP2): local norms, then one
+            if hasattr(total, "full_tensor"):  # reduction across ranks
+                total = total.full_tensor()
             self.log("train/grad_norm", total)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        trainer = self.trainer
-        if (batch_idx + 1) % trainer.accumulate_grad_batches or self._step_started is None:
-            return
-        elapsed = time.perf_counter() - self._step_started
-        self._step_started = None
-        inputs = batch[0]
-        tokens = inputs.numel() * trainer.accumulate_grad_batches * trainer.world_size
-        tokens_per_sec = tokens / elapsed
-        self.log("train/tokens_per_sec", tokens_per_sec, prog_bar=True)
-        if self.peak:
-            flops = 3 * self.model.flops_per_token(inputs.size(1)) * tokens_per_sec
-            self.log("train/mfu", flops / (self.peak * trainer.world_size))
 
     # ---- validation ----------------------------------------------------------------------------------------
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        loss, logits = self._loss(batch)
+        loss, _ = self._loss(batch)
         self.val_loss.update(loss)
-        self.val_ppl.update(logits.float(), batch[1])
         self.log("val/loss", self.val_loss, prog_bar=True)
-        self.log("val/ppl", self.val_ppl)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/ppl", self.val_loss.compute().exp())  # the perplexity of the mean loss, all ranks'
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, _ = self._loss(batch)
@@ -213,7 +182,7 @@ class GPT2LightningModule(L.LightningModule):
                                       foreach=None if fused else True)
         decay_steps = hp.lr_decay_steps or self.trainer.max_steps
         if decay_steps is None or decay_steps <= 0:
-            raise ValueError("set trainer.max_steps (or model.lr_decay_steps): the cosine schedule needs a length")
+            raise UsageError("set trainer.max_steps (or model.lr_decay_steps): the cosine schedule needs a length")
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, hp.warmup_steps, decay_steps, hp.min_learning_rate / hp.learning_rate)
         )
@@ -231,7 +200,7 @@ class GPT2LightningModule(L.LightningModule):
             now = dataclasses.asdict(self.config)
             differ = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in now.items() if saved.get(k) != v]
             if differ:
-                raise ValueError(
+                raise UsageError(
                     "the checkpoint was trained with a different model config (" + "; ".join(differ) + "). Resume "
                     "with the run's own config (its config.yaml sits next to the logs), or start a new run from "
                     "its weights with model.init_from."
@@ -255,7 +224,7 @@ class GPT2LightningModule(L.LightningModule):
                 if was != now:
                     differ.append(f"model.{key}: checkpoint {was!r}, now {now!r}")
         if differ:
-            raise ValueError(
+            raise UsageError(
                 "the checkpoint was trained with other optimisation settings (" + "; ".join(differ) + "), which the "
                 "restored optimizer and schedule would silently keep. Resume with the run's own settings (its "
                 "config.yaml sits next to the logs), or start a new run from its weights with model.init_from."
@@ -274,3 +243,25 @@ def lr_factor(step: int, warmup: int, decay_steps: int, min_ratio: float) -> flo
         return min_ratio
     progress = (step - warmup) / max(1, decay_steps - warmup)
     return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
+
+
+def load_trained_model(path: str | os.PathLike) -> GPT:
+    """The GPT inside a Lightning checkpoint `gpt2-lightning fit` wrote (single file or sharded), in eval mode: the
+    architecture from the module's hyperparameters, the weights from its `model.` submodule, every one checked."""
+    path = Path(path)
+    try:
+        checkpoint = read_lightning_checkpoint(path)
+        config = checkpoint["hyper_parameters"]["config"]
+        state = checkpoint["state_dict"]
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"{path} is not a readable gpt2-lightning training checkpoint ({type(err).__name__}: {err})"
+        ) from err
+    config = config if isinstance(config, GPTConfig) else config_from_own(dict(config))
+    prefix = "model."  # GPT2LightningModule holds the GPT as `self.model`
+    weights = {k.removeprefix(prefix).replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith(prefix)}
+    model = GPT(config)
+    load_state_dict_strict(model, weights, source=str(path))
+    return model.eval()

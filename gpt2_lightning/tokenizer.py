@@ -14,6 +14,8 @@ from pathlib import Path
 import tiktoken
 from tiktoken_ext.openai_public import r50k_pat_str
 
+from gpt2_lightning.errors import UsageError
+
 VOCAB_FILE = Path(__file__).parent / "assets" / "gpt2.tiktoken"
 VOCAB_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 EOT_TOKEN = "<|endoftext|>"
@@ -25,7 +27,7 @@ def read_vocab(path: Path = VOCAB_FILE, sha256: str = VOCAB_SHA256) -> dict[byte
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
-        raise ValueError(
+        raise UsageError(
             f"{path} has sha256 {digest}, expected {sha256}: the packaged GPT-2 vocabulary is damaged; "
             "reinstall gpt2-lightning"
         )

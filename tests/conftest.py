@@ -19,6 +19,15 @@ SHAPES = {
 }
 
 
+def greedy_by_recompute(model, input_ids, max_new_tokens):
+    """Greedy decoding the slow, obviously-correct way: the whole forward again for every token."""
+    ids = input_ids
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
 def make_hf_model(n_layer=2, n_head=4, n_embd=64, n_positions=48, vocab_size=211, seed=0):
     """A transformers GPT2LMHeadModel with random weights, LayerNorms and biases moved off their init values."""
     from transformers import GPT2Config, GPT2LMHeadModel

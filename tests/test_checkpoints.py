@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from gpt2_lightning.checkpoints import CheckpointError, save_hf
+from gpt2_lightning.errors import CheckpointError
+from gpt2_lightning.hf import save_hf
 from gpt2_lightning.model import GPT, GPTConfig
 
 ATOL = 1e-4  # the brief's bar for float32 logits against transformers
@@ -38,7 +39,7 @@ def test_save_hf_is_read_by_transformers_and_round_trips(tmp_path):
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=150, block_size=40, n_layer=3, n_head=3, n_embd=48)).eval()
+    model = GPT(GPTConfig(vocab_size=150, block_size=40, n_layer=3, n_head=3, n_embd=48, dropout=0.1)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # biases and LayerNorms off their init values
@@ -50,6 +51,7 @@ def test_save_hf_is_read_by_transformers_and_round_trips(tmp_path):
     assert max_logit_diff(model, theirs, input_ids) <= ATOL
 
     again = GPT.from_pretrained(tmp_path / "out")
+    assert again.config == model.config  # every field, dropout included (it used to reload as 0.0)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -172,6 +174,9 @@ def test_invalid_or_unsupported_config_json(hf_checkpoint):
                                                        "n_inner": 10}))
     with pytest.raises(CheckpointError, match="n_inner=10.*activation_function='relu'"):
         GPT.from_pretrained(directory)
+    (directory / "config.json").write_text(json.dumps({"model_type": "gpt2", "resid_pdrop": 0.1, "attn_pdrop": 0.0}))
+    with pytest.raises(CheckpointError, match=r"attn_pdrop of \[0.0, 0.1\] \(one dropout rate for all\)"):
+        GPT.from_pretrained(directory)
     (directory / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(CheckpointError, match="'llama' model, not GPT-2"):
         GPT.from_pretrained(directory)
@@ -209,7 +214,7 @@ def test_an_unreachable_hub_fails_at_once_naming_offline_mode_and_leaves_nothing
     import socket
     import time
 
-    from gpt2_lightning.checkpoints import download
+    from gpt2_lightning.hf import download
 
     def no_network(*args, **kwargs):
         raise OSError(-2, "Name or service not known")

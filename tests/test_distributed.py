@@ -10,8 +10,9 @@ import pytest
 import torch
 from test_training import TINY
 
-from gpt2_lightning.analysis import scalars
+from tensorboard_logs import scalars
 from gpt2_lightning.model import GPT
+from gpt2_lightning.module import load_trained_model
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -40,6 +41,7 @@ def test_two_processes_train_and_resume_exactly(tmp_path, config):
     holdings = {int(r): (int(local.replace(",", "")), int(total.replace(",", "")))
                 for r, local, total in re.findall(r"rank (\d): holds ([\d,]+) of ([\d,]+) parameters", straight)}
     assert sorted(holdings) == [0, 1]
+    assert straight.count("--- sample from the trained model ---") == 1  # rank 0's, after gathering a sharded model
     if config == "fsdp.yaml":  # really sharded: each rank holds about half, together all of it
         total = holdings[0][1]
         assert all(abs(local / total - 0.5) < 0.01 for local, _ in holdings.values())
@@ -56,7 +58,7 @@ def test_sharded_checkpoint_converts_to_one_directory_with_the_tie_intact(tmp_pa
     main(["convert", "--checkpoint", str(tmp_path / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "hf")])
     model = GPT.from_pretrained(tmp_path / "hf")  # loading checks lm_head == wte
     assert model.lm_head.weight is model.transformer.wte.weight
-    sharded = GPT.from_pretrained(tmp_path / "checkpoints" / "last.ckpt")
+    sharded = load_trained_model(tmp_path / "checkpoints" / "last.ckpt")
     for (name, x), (_, y) in zip(model.state_dict().items(), sharded.state_dict().items()):
         assert torch.equal(x, y), name
 
@@ -64,4 +66,4 @@ def test_sharded_checkpoint_converts_to_one_directory_with_the_tie_intact(tmp_pa
 def test_a_single_device_fsdp_run_finishes_with_status_0(tmp_path):
     out = run_cli(tmp_path, "fsdp.yaml", "--trainer.max_steps", "2", "--trainer.devices", "1",
                   "--trainer.strategy.init_args.data_parallel_size", "1")
-    assert "no sample: the trained model is sharded" in out  # (it used to fail on an inference tensor, status 1)
+    assert "--- sample from the trained model ---" in out  # gathered from its DTensors (it used to fail, status 1)

@@ -1,19 +1,13 @@
 """Generation: KV cache against full recompute, greedy against transformers, sampling controls, the CLI."""
 
+import re
+
 import pytest
 import torch
+from conftest import greedy_by_recompute
 
 from gpt2_lightning.cli import main
 from gpt2_lightning.model import GPT, GPTConfig, sample_next_token
-
-
-def greedy_by_recompute(model, input_ids, max_new_tokens):
-    """Greedy decoding the slow, obviously-correct way: the whole forward again for every token."""
-    ids = input_ids
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids
 
 
 @pytest.mark.parametrize("shape", ["tiny", "wide-heads"])
@@ -102,10 +96,11 @@ def test_eos_pads_finished_rows_and_stops_when_all_are_done():
     row0 = out[0, 5:].tolist()
     first = row0.index(eos)
     assert all(t == eos for t in row0[first:])
-    if eos not in free[1, 5:].tolist():
-        assert out.shape[1] == 35  # row 1 never finishes, so decoding runs the full length
-    else:
-        assert out.shape[1] <= 35
+    # decoding stops at the step where the last row emits eos (greedy: the rows follow `free` until then)
+    firsts = [row.index(eos) if eos in row else None for row in free[:, 5:].tolist()]
+    expected = 35 if None in firsts else 5 + max(firsts) + 1
+    assert out.shape[1] == expected and torch.equal(out[:, :expected][out[:, :expected] != eos],
+                                                    free[:, :expected][out[:, :expected] != eos])
 
 
 def test_cli_generate_prints_prompt_and_greedy_continuation(tmp_path, capsys):
@@ -121,12 +116,17 @@ def test_cli_generate_prints_prompt_and_greedy_continuation(tmp_path, capsys):
     prompt = "Hello, I'm a language model,"
     main(["generate", "--checkpoint", str(directory), "--prompt", prompt, "--max-new-tokens", "12",
           "--temperature", "0", "--device", "cpu"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     enc = get_tokenizer()
     ids = torch.tensor([enc.encode(prompt)])
     expected = GPT.from_pretrained(directory).generate(ids, 12, temperature=0.0, eos_token_id=enc.eot_token)
     continuation = [t for t in expected[0, ids.shape[1]:].tolist() if t != enc.eot_token]
     assert out == prompt + enc.decode(continuation) + "\n"
+    produced = expected.shape[1] - ids.shape[1]  # the eos token, if reached, counts: it was generated
+    # the report is stderr's last line (transformers' save progress comes before it)
+    assert re.search(rf"\[1 sample\(s\), {produced} new tokens in [\d.]+ s \([\d.]+ tokens/s\) from "
+                        rf"{re.escape(str(directory))} \(\d[\d,]+ parameters\) on cpu, seed 1337\]\n$", captured.err)
 
 
 def test_cli_reports_bad_checkpoint_and_offline_download(tmp_path, capsys, monkeypatch):
@@ -137,3 +137,16 @@ def test_cli_reports_bad_checkpoint_and_offline_download(tmp_path, capsys, monke
     with pytest.raises(SystemExit) as err:
         main(["download", "gpt2-xl"])
     assert "could not fetch 'openai-community/gpt2-xl'" in str(err.value)
+
+
+def test_the_cache_advances_its_own_position_once_every_layer_has_written():
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=3, n_head=2, n_embd=8)).eval()
+    cache = model.make_kv_cache(1, 16)
+    with torch.no_grad():
+        model(torch.zeros(1, 5, dtype=torch.long), cache)
+        assert cache.pos == 5
+        k = torch.zeros(1, 2, 1, 4)
+        cache.update(0, k, k), cache.update(1, k, k)
+        assert cache.pos == 5  # layers 0 and 1 of the next token: the sequence has not moved yet
+        cache.update(2, k, k)
+        assert cache.pos == 6

@@ -15,13 +15,15 @@ import pytest
 import torch
 from test_data import write_docs
 from test_distributed import CONFIGS
+from tensorboard_logs import scalars
 from test_training import TINY, fit
 
-from gpt2_lightning.analysis import finished, scalars
-from gpt2_lightning.checkpoints import CheckpointError
+from gpt2_lightning.analysis import cached
 from gpt2_lightning.cli import main
 from gpt2_lightning.corpus import builtin_documents
+from gpt2_lightning.errors import CheckpointError
 from gpt2_lightning.model import GPT
+from gpt2_lightning.module import load_trained_model
 from gpt2_lightning.training import RunLock, recover_sharded_checkpoint
 
 
@@ -50,7 +52,8 @@ def test_the_payload_runs_when_unpickled_plainly(tmp_path):
     assert marker.read_text() == "ran"
 
 
-@pytest.mark.parametrize("how", ["from_pretrained", "generate", "convert", "fit --ckpt_path DIR", "fit --ckpt_path last"])
+@pytest.mark.parametrize("how", ["load_trained_model", "generate", "convert", "fit --ckpt_path DIR",
+                                 "fit --ckpt_path last"])
 def test_a_crafted_sharded_checkpoint_never_runs_code(tmp_path, how):
     marker = tmp_path / "marker"
     if how == "fit --ckpt_path last":
@@ -58,9 +61,9 @@ def test_a_crafted_sharded_checkpoint_never_runs_code(tmp_path, how):
     else:
         crafted = crafted_sharded_checkpoint(tmp_path / "last.ckpt", marker)
     message = r"refusing to load: .*\.metadata names builtins\.exec"
-    if how == "from_pretrained":
+    if how == "load_trained_model":
         with pytest.raises(CheckpointError, match=message):
-            GPT.from_pretrained(crafted)
+            load_trained_model(crafted)
     elif how == "generate":
         with pytest.raises(SystemExit, match=message):
             main(["generate", "--checkpoint", str(crafted), "--max-new-tokens", "2"])
@@ -74,13 +77,20 @@ def test_a_crafted_sharded_checkpoint_never_runs_code(tmp_path, how):
     assert not marker.exists()
 
 
-def test_analyze_reads_checkpoints_without_running_code(tmp_path):
-    marker = tmp_path / "marker"
-    (tmp_path / "checkpoints").mkdir()
-    torch.save({"global_step": 4, "x": Payload(marker)}, tmp_path / "checkpoints" / "last.ckpt")
-    with pytest.raises(pickle.UnpicklingError):
-        finished(tmp_path, 4)
-    assert not marker.exists()
+def test_analyze_run_cache_is_data_only_and_a_damaged_or_foreign_entry_is_measured_again(tmp_path):
+    """analyze keeps each run's measurements as JSON (weights as safetensors): nothing it reads back can run code,
+    and an entry it cannot use is recomputed rather than trusted."""
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"loss": 1.5}
+
+    assert cached(tmp_path, "run", {"steps": 4}, measure) == {"loss": 1.5}
+    assert cached(tmp_path, "run", {"steps": 4}, measure) == {"loss": 1.5} and len(calls) == 1  # reused
+    assert cached(tmp_path, "run", {"steps": 8}, measure) == {"loss": 1.5} and len(calls) == 2  # another spec
+    (tmp_path / "run.json").write_bytes(pickle.dumps({"spec": {"steps": 8}}))  # not JSON: measured again
+    assert cached(tmp_path, "run", {"steps": 8}, measure) == {"loss": 1.5} and len(calls) == 3
 
 
 # ---- resume honours or refuses -----------------------------------------------------------------------------------

@@ -1,15 +1,17 @@
 """Training through the real `gpt2-lightning fit` path: logging, exact resume, bad input, atomic saves, data."""
 
+import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from gpt2_lightning.analysis import scalars
+from tensorboard_logs import scalars
 from gpt2_lightning.cli import main
 from gpt2_lightning.corpus import builtin_documents
-from gpt2_lightning.model import GPT
-from gpt2_lightning.module import GPT2LightningModule, lr_factor
+from gpt2_lightning.model import GPT, GPTConfig
+from gpt2_lightning.module import GPT2LightningModule, load_trained_model, lr_factor
 
 TINY = [
     "--model.config.n_layer", "2", "--model.config.n_head", "2", "--model.config.n_embd", "32",
@@ -25,23 +27,52 @@ def fit(root, *extra):
     main(["fit", *TINY, "--trainer.default_root_dir", str(root), *extra])
 
 
-def test_fit_logs_every_metric_and_the_loss_falls(tmp_path):
+def test_fit_logs_every_metric_and_the_loss_falls(tmp_path, capsys):
     fit(tmp_path, "--trainer.max_steps", "24")
-    for tag in ("train/loss", "val/loss", "val/ppl", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/mfu"):
+    for tag in ("train/loss", "val/loss", "val/ppl", "train/lr", "train/grad_norm", "train/device/items_per_sec",
+                "train/device/mfu"):
         assert scalars(tmp_path, tag), f"{tag} was not logged"
+    # the throughput monitor's window (10 batches) fills at step 10: tokens/s and MFU from then on
+    tokens, mfu = scalars(tmp_path, "train/device/items_per_sec"), scalars(tmp_path, "train/device/mfu")
+    assert min(tokens) == min(mfu) <= 10 and all(v > 0 for v in tokens.values())
+    flops_per_token = 3 * GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)).flops_per_token(32)
+    for step, rate in tokens.items():  # MFU = tokens/s × training FLOPs per token / the stated peak
+        assert mfu[step] == pytest.approx(rate * flops_per_token / 1e11, rel=1e-4)
+    assert scalars(tmp_path, "system/peak_flops") == {0: pytest.approx(1e11, rel=1e-6)}  # float32 in TensorBoard
+    assert "MFU is measured against 0.1 TFLOP/s per device (model.peak_flops" in capsys.readouterr().out
+    val_loss, val_ppl = scalars(tmp_path, "val/loss"), scalars(tmp_path, "val/ppl")
+    assert sorted(val_loss) == sorted(val_ppl) and len(val_loss) == 3
+    for step in val_loss:  # the perplexity of the mean validation loss
+        assert val_ppl[step] == pytest.approx(math.exp(val_loss[step]), rel=1e-5)
+    assert all(0 < v < 100 for v in scalars(tmp_path, "train/grad_norm").values())
     loss = scalars(tmp_path, "train/loss")
     assert len(loss) == 24
     assert sum(list(loss.values())[-4:]) < sum(list(loss.values())[:4])
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    model = GPT.from_pretrained(tmp_path / "checkpoints" / "last.ckpt")  # generate --checkpoint accepts .ckpt
+    model = load_trained_model(tmp_path / "checkpoints" / "last.ckpt")  # as generate --checkpoint reads a .ckpt
     assert model.config.n_layer == 2
 
 
-@pytest.mark.parametrize("command", ["validate", "test", "predict"])
-def test_other_lightning_commands_run_from_a_checkpoint(tmp_path, command):
+@pytest.mark.parametrize("command, metric", [("validate", "val/loss"), ("test", "test/loss")])
+def test_other_lightning_commands_evaluate_the_checkpoint(tmp_path, capsys, command, metric):
     fit(tmp_path, "--trainer.max_steps", "2")
+    capsys.readouterr()
     main([command, *TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.limit_test_batches", "2",
-          "--trainer.limit_predict_batches", "2", "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
+          "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
+    out = capsys.readouterr().out
+    value = float(re.search(rf"{re.escape(metric)}\s*│\s*([0-9.]+)", out).group(1))
+    assert 0 < value < math.log(50257) + 1  # a 2-step model: near the uniform loss, finite
+
+
+def test_predict_gives_each_sequence_its_next_token(tmp_path):
+    fit(tmp_path, "--trainer.max_steps", "2")
+    main(["predict", *TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.limit_predict_batches", "2",
+          "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
+    module = GPT2LightningModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    inputs = torch.randint(0, 50257, (3, 31))  # room for the one new token within block_size
+    greedy = module.model.eval().generate(inputs, 1, temperature=0)[:, -1]  # the decoding path, through the cache
+    with torch.no_grad():
+        assert torch.equal(module.predict_step((inputs, inputs), 0), greedy)
 
 
 @pytest.fixture
@@ -74,16 +105,36 @@ def test_print_config_shows_every_model_field(capsys):
     assert "n_kv_head: 2" in out and "pos_encoding: learned" in out and "sliding_window: null" in out
 
 
-@pytest.mark.parametrize("configs", [["gqa.yaml"], ["all.yaml"], ["gpt2.yaml", "gqa.yaml"], ["gpt2.yaml", "all.yaml"]])
-def test_grouped_query_configs_really_share_key_value_heads(configs, capsys):
-    """n_kv_head equal to n_head is plain multi-head attention: a GQA config must group on every base it composes with."""
+# What each variant config claims to change. A claim must take effect on every base it composes with: n_kv_head equal
+# to n_head is plain multi-head attention, and a window as long as the block is full attention.
+VARIANT_CLAIMS = {"rope.yaml": {"rope"}, "gqa.yaml": {"gqa"}, "swa.yaml": {"window"}, "all.yaml": {"rope", "gqa", "window"}}
+BASE_CONFIGS = ("quickstart.yaml", "gpt2.yaml")
+TRAINING_MODE_CONFIGS = ("ddp.yaml", "fsdp.yaml")  # strategies, not architectures
+
+
+def test_every_config_is_a_base_a_training_mode_or_a_variant_with_a_claim():
+    names = {p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")}
+    assert names == set(VARIANT_CLAIMS) | set(BASE_CONFIGS) | set(TRAINING_MODE_CONFIGS)
+
+
+@pytest.mark.parametrize("base", BASE_CONFIGS)
+@pytest.mark.parametrize("variant", sorted(VARIANT_CLAIMS))
+def test_variant_configs_change_the_architecture_they_claim(variant, base, capsys):
     import yaml
 
-    args = [a for c in configs for a in ("--config", str(Path(__file__).parents[1] / "configs" / c))]
+    args = [a for c in (base, variant) for a in ("--config", str(Path(__file__).parents[1] / "configs" / c))]
     with pytest.raises(SystemExit):
         main(["fit", *args, "--print_config"])
     config = yaml.safe_load(capsys.readouterr().out)["model"]["config"]
-    assert config["n_head"] % config["n_kv_head"] == 0 and config["n_kv_head"] < config["n_head"]
+    changed = set()
+    if config["pos_encoding"] == "rope":
+        changed.add("rope")
+    if config["n_kv_head"] is not None and config["n_kv_head"] < config["n_head"]:
+        assert config["n_head"] % config["n_kv_head"] == 0
+        changed.add("gqa")
+    if config["sliding_window"] is not None and config["sliding_window"] < config["block_size"]:
+        changed.add("window")
+    assert changed == VARIANT_CLAIMS[variant]
 
 
 def test_unknown_config_key_is_named(tmp_path, capsys):
@@ -148,7 +199,7 @@ def test_checkpoint_of_a_compiled_run_loads_into_eager_models(tmp_path):
     checkpoint = torch.load(last, weights_only=False)
     checkpoint["state_dict"] = {k.replace("model.", "model._orig_mod.", 1): v for k, v in checkpoint["state_dict"].items()}
     torch.save(checkpoint, tmp_path / "compiled.ckpt")
-    eager, compiled = GPT.from_pretrained(last), GPT.from_pretrained(tmp_path / "compiled.ckpt")
+    eager, compiled = load_trained_model(last), load_trained_model(tmp_path / "compiled.ckpt")
     for (name, a), (_, b) in zip(eager.state_dict().items(), compiled.state_dict().items()):
         assert torch.equal(a, b), name
     # and Lightning resumes from it
@@ -163,7 +214,7 @@ def test_fine_tune_from_pretrained_converting_to_gqa(tmp_path):
     save_layout(make_hf_model(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257), directory, "hub")
     fit(tmp_path / "run", "--trainer.max_steps", "2", "--model.init_from", str(directory),
         "--model.config.n_kv_head", "1")
-    model = GPT.from_pretrained(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    model = load_trained_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert model.config.n_kv_head == 1 and model.config.block_size == 64
     with pytest.raises(SystemExit, match="block_size=128 is longer than the 64 learned positions"):
         fit(tmp_path / "run2", "--trainer.max_steps", "2", "--model.init_from", str(directory),

@@ -4,11 +4,13 @@ import itertools
 
 import pytest
 import torch
+from conftest import greedy_by_recompute
 
 from gpt2_lightning.attention import attention, banded_attention, reference_attention
-from gpt2_lightning.checkpoints import CheckpointError, mha_to_gqa, save_pretrained
+from gpt2_lightning.checkpoints import save_pretrained
+from gpt2_lightning.errors import CheckpointError
 from gpt2_lightning.cli import main
-from gpt2_lightning.model import GPT, GPTConfig
+from gpt2_lightning.model import GPT, GPTConfig, mha_to_gqa
 from gpt2_lightning.rope import apply_rope, rope_frequencies, rope_tables
 
 N_LAYER, N_HEAD, WINDOW, VOCAB, BLOCK = 2, 4, 3, 61, 32
@@ -153,13 +155,6 @@ def test_banded_attention_gradients_equal_reference():
 
 
 # ---- KV cache: equal to recomputing the full forward, for every combination ----------------------------------
-
-
-def greedy_by_recompute(model, ids, n):
-    with torch.no_grad():
-        for _ in range(n):
-            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids
 
 
 @pytest.mark.parametrize("pos, kv, w", COMBOS, ids=COMBO_IDS)

@@ -401,6 +401,9 @@ _run_lock: RunLock | None = None  # held by `fit` in the launching process, rele
 def run_lightning(argv: Sequence[str] | None, command: str) -> None:
     """LightningCLI on `argv` (None: the command line); bad input ends in one line saying what to change."""
     defaults = {"default_config_files": [str(QUICKSTART)]}
+    command_line = sys.argv
+    if argv is not None:  # LightningCLI reads either sys.argv or args, and warns when it sees both
+        sys.argv = sys.argv[:1]
     try:
         GPT2LightningCLI(
             GPT2LightningModule,
@@ -427,6 +430,7 @@ def run_lightning(argv: Sequence[str] | None, command: str) -> None:
                  "the last complete checkpoint is intact: free space or fix permissions, then resume with "
                  "--ckpt_path last")
     finally:
+        sys.argv = command_line
         if _run_lock is not None:
             _run_lock.release()
 

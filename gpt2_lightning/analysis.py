@@ -37,7 +37,7 @@ from gpt2_lightning.measure import attention_point, decode_tokens_per_sec
 from gpt2_lightning.model import GPT, GPTConfig, mha_to_gqa, sample_next_token
 from gpt2_lightning.module import GPT2LightningModule
 from gpt2_lightning.probes import (AccuracyCurve, AssociativeRecall, Passkey, ProbeModel, RepeatedSegments,
-                                   accuracy, steps_to, train_probe)
+                                   accuracy, eval_generator, steps_to, train_probe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +91,11 @@ LM_VARIANTS = {  # name → GPTConfig fields (the window filled in from the budg
     "window": {"sliding_window": None},
     "rope+gqa2+window": {"pos_encoding": "rope", "n_kv_head": 2, "sliding_window": None},
 }
+
+
+def with_window(fields: dict, window: int) -> dict:
+    """A variant's GPTConfig fields with its sliding window (None in LM_VARIANTS) set to `window`."""
+    return {k: (window if k == "sliding_window" else v) for k, v in fields.items()}
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -153,13 +158,14 @@ def _plt():
 REUSED = {"runs": 0, "seconds": 0.0}  # what `cached` took from earlier calls of this analysis; reset by analyze()
 
 
-def cached(runs: Path, key: str, spec: dict, compute: Callable[[], dict]) -> dict:
-    """A run's measurements, reused from `runs/<key>.json` when that file was made with the same spec (what it
-    took to measure is counted in REUSED); otherwise measured now and saved there."""
+def cached(runs: Path, key: str, spec: dict, compute: Callable[[], dict], weights: Path | None = None) -> dict:
+    """A run's measurements, reused from `runs/<key>.json` when that file was made with the same spec and the
+    run's `weights` directory, if it has one, is still there (what it took to measure is counted in REUSED);
+    otherwise measured now and saved there."""
     path = runs / f"{key}.json"
     try:
         saved = json.loads(path.read_text())
-        if saved.get("spec") == spec:
+        if saved.get("spec") == spec and (weights is None or (weights / "config.json").is_file()):
             REUSED["runs"] += 1
             REUSED["seconds"] += saved.get("seconds", 0.0)
             return saved["result"]
@@ -196,15 +202,15 @@ def size_and_compute() -> tuple[str, bool]:
         with torch.device("meta"):
             model = GPT(config)
         params[pos, kv, window] = model.num_params()
-        flops8k[pos, kv, window] = counted_flops_per_token(config, 8192)
+        counted = {T: counted_flops_per_token(config, T) for T in (1024, 8192)}
+        flops8k[pos, kv, window] = counted[8192]
         attn = sum(p.numel() for n, p in model.named_parameters() if ".attn." in n)
         kv_token = 2 * config.n_layer * config.kv_heads * config.head_dim * 2  # K and V, fp16
         heads = "MHA" if kv is None else ("MQA" if kv == 1 else f"GQA-{kv}")
         label = f"{pos}, {heads}, {'full' if window is None else f'w{window}'}"
         cells = [label, f"{model.num_params():,}", f"{attn:,}"]
         for T in (1024, 8192):
-            counted = flops8k[pos, kv, window] if T == 8192 else counted_flops_per_token(config, T)
-            cells += [f"{model.flops_per_token(T) / 1e6:.0f}", f"{counted / 1e6:.0f}"]
+            cells += [f"{model.flops_per_token(T) / 1e6:.0f}", f"{counted[T] / 1e6:.0f}"]
         cells += [f"{kv_token:,}"] + [f"{kv_token * min(n, window or n) / 2**20:.1f}" for n in (1024, 8192)]
         rows.append(cells)
     base = GPTConfig()
@@ -280,10 +286,6 @@ def _probe_spec(budget: Budget, task, fields: dict, steps: int) -> dict:
             "eval": budget.probe_eval}
 
 
-def _eval_generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(10_000 + seed)  # never a training seed's stream
-
-
 def recall_probe(budget: Budget, runs: Path, img: Path) -> tuple[str, dict]:
     task = AssociativeRecall()
     most = max(task.train_pairs)
@@ -292,7 +294,7 @@ def recall_probe(budget: Budget, runs: Path, img: Path) -> tuple[str, dict]:
     def run(kv: int | None, seed: int) -> dict:
         model = train_probe(task, PROBE.config(task, pos_encoding="rope", n_kv_head=kv), PROBE, budget.recall_steps,
                             seed)
-        generator, by_pairs, by_distance = _eval_generator(seed), {}, {}
+        generator, by_pairs, by_distance = eval_generator(seed), {}, {}
         for pairs in task.train_pairs:
             inputs, targets, distances = task.sample(budget.probe_eval, generator, pairs)
             correct = accuracy(model, inputs, targets).float()
@@ -336,7 +338,7 @@ def recall_probe(budget: Budget, runs: Path, img: Path) -> tuple[str, dict]:
     learned = statistics.mean(at_most["MHA"]) >= LEARNED
     order = [statistics.mean(at_most[n]) for n in RECALL_VARIANTS]
     monotone = all(a >= b for a, b in zip(order, order[1:]))
-    findings = {"cost": cost, "learned": learned, "monotone": monotone, "at_most": at_most, "chance": chance}
+    findings = {"cost": cost}
     measured = (f"at {most} pairs MHA recalled {_fmt(at_most['MHA'])} (chance {chance:.3f}); "
                 + ("sharing key/value heads first cost recall significantly at " + cost if cost else
                    "no shared-head variant was significantly below MHA")
@@ -368,7 +370,7 @@ def passkey_probe(budget: Budget, runs: Path, img: Path) -> tuple[str, dict]:
 
     def run(fields: dict, seed: int) -> dict:
         model = train_probe(task, PROBE.config(task, **fields), PROBE, budget.passkey_steps, seed)
-        generator = _eval_generator(seed)
+        generator = eval_generator(seed)
         return {str(d): accuracy(model, *task.at_distance(budget.probe_eval, generator, d)).float().mean().item()
                 for d in distances}
 
@@ -395,7 +397,7 @@ def passkey_probe(budget: Budget, runs: Path, img: Path) -> tuple[str, dict]:
     falls = all(mean[windowed][d] <= band for d in beyond)
     retrieves_within = all(mean[windowed][d] > band for d in within)
     full_holds = all(mean["full attention"][d] > band for d in distances)
-    findings = {"falls": falls, "within": retrieves_within, "full": full_holds, "reach": reach, "w": w}
+    findings = {"falls": falls, "full": full_holds, "reach": reach}
     text = f"""**Expected.** A query reaches a position d back only through a chain of windows, at most L·(w−1) = {reach}
 positions with L = {PROBE.n_layer}, w = {w}: the windowed model should retrieve the passkey up to d = {reach} and be at
 chance ({chance:.3f}) beyond it, exactly; full attention should retrieve it at every distance.
@@ -416,8 +418,7 @@ full attention {'retrieved it at every distance' if full_holds else 'fell to cha
     return text, findings
 
 
-COPY_VARIANTS = {**{name: {k: (PROBE_WINDOW if k == "sliding_window" else v) for k, v in f.items()}
-                    for name, f in LM_VARIANTS.items()},
+COPY_VARIANTS = {**{name: with_window(f, PROBE_WINDOW) for name, f in LM_VARIANTS.items()},
                  "rope+window": {"pos_encoding": "rope", "sliding_window": PROBE_WINDOW}}
 LENGTH_VARIANTS = ("baseline", "rope", "rope+window")
 LENGTH_FACTORS = (1, 2, 4, 8)
@@ -429,7 +430,7 @@ def copy_probes(budget: Budget, runs: Path, img: Path) -> tuple[str, str, dict]:
     every = max(1, budget.copy_steps // 30)
 
     def run(name: str, seed: int) -> dict:
-        generator = _eval_generator(seed)
+        generator = eval_generator(seed)
         curve = AccuracyCurve(task.batch(budget.probe_eval, generator), every)
         model = train_probe(task, PROBE.config(task, **COPY_VARIANTS[name]), PROBE, budget.copy_steps, seed, [curve])
         lengths = {}
@@ -467,14 +468,13 @@ def copy_probes(budget: Budget, runs: Path, img: Path) -> tuple[str, str, dict]:
     fig.tight_layout(), fig.savefig(img / "probe_copy.png", dpi=110), plt.close(fig)
 
     to_learn = {name: [steps_to(r["curve"], LEARNED) for r in per_seed] for name, per_seed in results.items()}
-    never = {name: sum(s is None for s in v) for name, v in to_learn.items()}
     # a run that never got there counts as the whole run, a lower bound on its steps
     counted = {name: [budget.copy_steps if s is None else s for s in v] for name, v in to_learn.items()}
     rows = [[name, _fmt(counted[name], 0), ", ".join("—" if s is None else str(s) for s in to_learn[name]),
              "—" if name == "baseline" else str(welch(counted[name], counted["baseline"]))]
             for name in COPY_VARIANTS]
     rope_vs_learned = welch(counted["rope"], counted["baseline"])
-    all_learned = not any(never.values())
+    all_learned = all(s is not None for per_seed in to_learn.values() for s in per_seed)
     copy_text = f"""**Expected.** Copying a token from a fixed distance back is one attention pattern. With RoPE it is the
 same relative offset at every position; learned positions must learn it per position pair, so RoPE variants
 should learn it in fewer steps. The offset ({task.segment}) is inside the window ({PROBE_WINDOW}), so windows should not
@@ -522,8 +522,8 @@ sequences at each length):
 else 'did not refuse'} ({_held(bool(refused))}); RoPE + window {'stayed within ' + f'{HOLDS}' + ' of its 1× accuracy at every length' if
 windowed_kept else 'lost more than ' + f'{HOLDS}'} ({_held(windowed_kept)}); RoPE alone {'also held' if rope_kept else
 'lost accuracy at longer lengths, as allowed for'}."""
-    findings = {"copy": rope_vs_learned, "all_learned": all_learned, "refused": bool(refused),
-                "windowed_kept": windowed_kept, "rope_kept": rope_kept}
+    findings = {"copy": rope_vs_learned, "refused": bool(refused), "windowed_kept": windowed_kept,
+                "rope_kept": rope_kept}
     return copy_text, length_text, findings
 
 
@@ -533,10 +533,6 @@ LM_LR = 3e-3
 UPTRAIN_LR = 3e-4  # a tenth of the from-scratch peak: uptraining continues a trained model
 LOCAL_CONTEXT = 8  # the last-word control: the same passages cut to their last few tokens
 PROMPTS = ("The President said that", "Call me Ishmael. The sea", "In the coming year, the Congress")
-
-
-def _lm_fields(name: str, budget: Budget) -> dict:
-    return {k: (budget.window if k == "sliding_window" else v) for k, v in LM_VARIANTS[name].items()}
 
 
 def lm_data(budget: Budget, seed: int, block_size: int | None = None) -> CompactData:
@@ -592,14 +588,11 @@ def train_variants(budget: Budget, runs: Path) -> dict[str, list[dict]]:
     """Every variant × seed; each result also names the directory of its weights."""
     results = {}
     for name in LM_VARIANTS:
-        config = lm_config(budget, _lm_fields(name, budget))
+        config = lm_config(budget, with_window(LM_VARIANTS[name], budget.window))
         for seed in budget.seeds:
             out = runs / f"lm-{name}-seed{seed}"
             spec = _lm_spec(budget, config, budget.steps, seed=seed)
-            result = cached(runs, out.name, spec, lambda: train_lm(budget, config, seed, budget.steps, out))
-            if not (out / "config.json").is_file():  # measurements without their weights: train again
-                (runs / f"{out.name}.json").unlink()
-                result = cached(runs, out.name, spec, lambda: train_lm(budget, config, seed, budget.steps, out))
+            result = cached(runs, out.name, spec, lambda: train_lm(budget, config, seed, budget.steps, out), out)
             results.setdefault(name, []).append({**result, "weights": str(out)})
     return results
 
@@ -658,7 +651,7 @@ The unigram loss ({unigram:.3f} nats) is the loss of a model that ignores contex
 GQA-2 costs — {_held('gqa2' in significant and comparisons['gqa2'].diff > 0)} (a cost too small to separate
 from seed noise at this budget counts as not shown); window costs little — {_held(not ('window' in significant and
 comparisons['window'].diff > 0))}."""
-    return text, {"finals": finals, "comparisons": comparisons, "unigram": unigram, "data": data,
+    return text, {"comparisons": comparisons, "data": data,
                   "val_tokens": val_tokens}
 
 
@@ -688,7 +681,7 @@ def sample_without_rare(model: GPT, ids: torch.Tensor, new: int, rare: int, gene
     return ids
 
 
-def contextual(budget: Budget, results: dict[str, list[dict]], quality: dict) -> tuple[str, dict]:
+def contextual(budget: Budget, results: dict[str, list[dict]], quality: dict) -> str:
     """LAMBADA-style last-word prediction (full passage against its last few tokens), and samples."""
     data = quality["data"]
     inputs, answers = last_word_passages(quality["val_tokens"], data.vocab, budget.block_size, budget.passages,
@@ -736,7 +729,7 @@ Samples (seed {budget.seeds[0]} of each variant, temperature 0.8, top-k 40, the 
 id excluded from sampling):
 
 {_table(['prompt'] + list(results), samples)}"""
-    return text, {"uses": uses}
+    return text
 
 
 def extrapolation(budget: Budget, results: dict[str, list[dict]]) -> tuple[str, dict]:
@@ -767,7 +760,7 @@ loss.
 
 **Result:** RoPE + GQA-2 + window kept its loss within {HOLDS} nats at every length — {_held(window_ok)}; RoPE alone
 {'kept it too' if rope_ok else 'lost more than that'}."""
-    return text, {"window_ok": window_ok, "rope_ok": rope_ok}
+    return text, {"window_ok": window_ok}
 
 
 def gqa_from_pretrained(budget: Budget, results: dict[str, list[dict]], runs: Path) -> tuple[str, dict]:
@@ -780,9 +773,9 @@ def gqa_from_pretrained(budget: Budget, results: dict[str, list[dict]], runs: Pa
     uptrained, scratch = runs / "gqa2-uptrained", runs / "gqa2-scratch-short"
     cached(runs, uptrained.name, _lm_spec(budget, config, budget.uptrain_steps, init="baseline", seed=seed),
            lambda: train_lm(budget, config, seed, budget.uptrain_steps, uptrained, init_from=str(converted_dir),
-                            learning_rate=UPTRAIN_LR))
+                            learning_rate=UPTRAIN_LR), uptrained)
     cached(runs, scratch.name, _lm_spec(budget, config, budget.uptrain_steps, seed=seed),
-           lambda: train_lm(budget, config, seed, budget.uptrain_steps, scratch))
+           lambda: train_lm(budget, config, seed, budget.uptrain_steps, scratch), scratch)
     values = {"mha": eval_loss(mha, data, n), "converted": eval_loss(GPT.from_pretrained(converted_dir), data, n),
               "uptrained": eval_loss(GPT.from_pretrained(uptrained).eval(), data, n),
               "scratch": eval_loss(GPT.from_pretrained(scratch).eval(), data, n)}
@@ -801,7 +794,7 @@ learning rate, {UPTRAIN_LR}):
 
 **Result:** conversion moved the loss by {values['converted'] - values['mha']:+.3f}; uptraining ended
 {values['uptrained'] - values['scratch']:+.3f} nats from the from-scratch run — the expectation {_held(held)}."""
-    return text, {"held": held, **values}
+    return text, {"held": held}
 
 
 
@@ -912,7 +905,7 @@ def analyze(
     s["copy"], s["length"], found["copy"] = copy_probes(budget, runs, img)
     results = train_variants(budget, runs)
     s["lm"], found["lm"] = lm_quality(budget, results, img)
-    s["context"], found["context"] = contextual(budget, results, found["lm"])
+    s["context"] = contextual(budget, results, found["lm"])
     s["extrapolation"], found["extrapolation"] = extrapolation(budget, results)
     s["gqa"], found["gqa"] = gqa_from_pretrained(budget, results, runs)
     minutes = (time.time() - started) / 60

@@ -118,11 +118,16 @@ def load_state_dict_strict(model: GPT, state_dict: dict[str, torch.Tensor], sour
     model.load_state_dict(state_dict, strict=False)  # strict=False only for the tied lm_head, checked above
 
 
+def is_lightning_checkpoint(path: Path) -> bool:
+    """A checkpoint `fit` wrote: a `.ckpt` file, or FSDP2's sharded `.ckpt` directory (it holds `meta.pt`)."""
+    return path.suffix == ".ckpt" and (path.is_file() or (path / "meta.pt").is_file())
+
+
 def read_pretrained(name_or_path: str | os.PathLike) -> tuple[GPTConfig, dict[str, torch.Tensor], str]:
     """(configuration, state dict in this model's keys and layouts, where it came from) of an HF-format or
     own-format directory, or of a hub id (fetched into checkpoints/ if absent)."""
     path = Path(name_or_path)
-    if path.suffix == ".ckpt" and (path.is_file() or (path / "meta.pt").is_file()):
+    if is_lightning_checkpoint(path):
         raise CheckpointError(
             f"{path} is a Lightning training checkpoint: read it with gpt2_lightning.module.load_trained_model, or "
             f"turn it into a checkpoint directory with `gpt2-lightning convert --checkpoint {path} --out DIR`"

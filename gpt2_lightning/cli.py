@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from gpt2_lightning.checkpoints import save_pretrained
+from gpt2_lightning.checkpoints import is_lightning_checkpoint, save_pretrained
 from gpt2_lightning.data import GPT2DataModule
 from gpt2_lightning.errors import CheckpointError, UsageError
 from gpt2_lightning.hf import HUB_MODELS, download, save_hf
@@ -45,7 +46,6 @@ from gpt2_lightning.training import (
     TokenThroughput,
     check_distributed_checkpoint,
     is_launching_process,
-    is_lightning_checkpoint,
     recover_sharded_checkpoint,
 )
 
@@ -381,18 +381,29 @@ class GPT2PrepareCLI(GPT2LightningCLI):
         self.datamodule = GPT2DataModule(**self.config.data.as_dict())
 
 
+@contextmanager
+def _argv_handed_over(argv: Sequence[str] | None):
+    """LightningCLI reads either sys.argv or `args`, and warns when it sees both: with `args`, hide sys.argv."""
+    command_line = sys.argv
+    if argv is not None:
+        sys.argv = sys.argv[:1]
+    try:
+        yield
+    finally:
+        sys.argv = command_line
+
+
 def run_prepare(argv: Sequence[str]) -> None:
     """Tokenize the data a config names into data.cache_dir, as `fit` would on local rank 0."""
-    command_line, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads either sys.argv or args, not both
     try:
-        cli = GPT2PrepareCLI(GPT2LightningModule, GPT2DataModule, args=list(argv), run=False,
-                             parser_kwargs={"default_config_files": [str(QUICKSTART)], "prog": "gpt2-lightning prepare",
-                                            "description": "Tokenize a config's training data once, ahead of fit."})
+        with _argv_handed_over(argv):
+            cli = GPT2PrepareCLI(GPT2LightningModule, GPT2DataModule, args=list(argv), run=False,
+                                 parser_kwargs={"default_config_files": [str(QUICKSTART)],
+                                                "prog": "gpt2-lightning prepare",
+                                                "description": "Tokenize a config's training data once, ahead of fit."})
         cli.datamodule.prepare_data()
     except UsageError as err:  # DataError included
         sys.exit(f"gpt2-lightning prepare: error: {err}")
-    finally:
-        sys.argv = command_line
 
 
 _run_lock: RunLock | None = None  # held by `fit` in the launching process, released when the command ends
@@ -401,17 +412,15 @@ _run_lock: RunLock | None = None  # held by `fit` in the launching process, rele
 def run_lightning(argv: Sequence[str] | None, command: str) -> None:
     """LightningCLI on `argv` (None: the command line); bad input ends in one line saying what to change."""
     defaults = {"default_config_files": [str(QUICKSTART)]}
-    command_line = sys.argv
-    if argv is not None:  # LightningCLI reads either sys.argv or args, and warns when it sees both
-        sys.argv = sys.argv[:1]
     try:
-        GPT2LightningCLI(
-            GPT2LightningModule,
-            GPT2DataModule,
-            args=argv,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={name: defaults for name in LIGHTNING_COMMANDS},
-        )
+        with _argv_handed_over(argv):
+            GPT2LightningCLI(
+                GPT2LightningModule,
+                GPT2DataModule,
+                args=argv,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={name: defaults for name in LIGHTNING_COMMANDS},
+            )
     except FileNotFoundError as err:
         sys.exit(
             f"gpt2-lightning {command}: error: {err}. Pass an existing checkpoint to --ckpt_path, or `--ckpt_path "
@@ -430,9 +439,12 @@ def run_lightning(argv: Sequence[str] | None, command: str) -> None:
                  "the last complete checkpoint is intact: free space or fix permissions, then resume with "
                  "--ckpt_path last")
     finally:
-        sys.argv = command_line
         if _run_lock is not None:
             _run_lock.release()
+
+
+def _not_an_advertisement(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡 Tip")
 
 
 def _quiet_lightning() -> None:
@@ -443,7 +455,7 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     for name in ("lightning.pytorch", "lightning.fabric"):
         for handler in logging.getLogger(name).handlers:
-            handler.addFilter(lambda record: not record.getMessage().startswith("💡 Tip"))
+            handler.addFilter(_not_an_advertisement)  # one function: a second main() call adds nothing
 
 
 def main(argv: Sequence[str] | None = None) -> None:

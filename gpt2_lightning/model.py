@@ -17,10 +17,10 @@ nh n_head, nkv key/value heads, hs head size (C // nh), V vocab_size.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator
-import dataclasses
 
 import torch
 import torch.nn.functional as F

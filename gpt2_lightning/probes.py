@@ -215,6 +215,11 @@ class ProbeModel:
 EVAL_SEED_OFFSET = 10_000  # evaluation batches come from seed + this: never a training batch
 
 
+def eval_generator(seed: int) -> torch.Generator:
+    """The stream a run's evaluation sequences come from: not one a training run with a small seed draws from."""
+    return torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed)
+
+
 @torch.no_grad()
 def accuracy(model: GPT, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-target correctness of greedy predictions, at the positions whose target is set (1-D bool)."""

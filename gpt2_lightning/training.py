@@ -412,6 +412,3 @@ def read_lightning_checkpoint(path: Path) -> dict:
         checkpoint.update(torch.load(path / "meta.pt", map_location="cpu", weights_only=True))
         return checkpoint
 
-
-def is_lightning_checkpoint(path: Path) -> bool:
-    return path.suffix == ".ckpt" and (path.is_file() or (path / "meta.pt").is_file())

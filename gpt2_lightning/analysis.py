@@ -603,7 +603,7 @@ def eval_loss(model: GPT, data: CompactData, batches: int) -> float:
     losses = []
     for (x, y), _ in zip(data.val_dataloader(), range(batches)):
         x, y = data.vocab.table[x], data.vocab.table[y]
-        losses.append(F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item())
+        losses.append(model.loss(x, y).item())
     return statistics.mean(losses)
 
 

@@ -30,6 +30,7 @@ from gpt2_lightning.attention import KVCache, attention
 from gpt2_lightning.checkpoints import load_state_dict_strict, read_pretrained
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.errors import UsageError
+from gpt2_lightning.lm_loss import chunked_cross_entropy
 from gpt2_lightning.rope import apply_rope, rope_frequencies, rope_tables
 
 class CausalSelfAttention(nn.Module):
@@ -229,6 +230,17 @@ class GPT(nn.Module):
         """(B, T) token ids → (B, T, V) next-token logits; `last_only`: (B, 1, V), the last position's (decoding)."""
         x = self.hidden_states(input_ids, kv_cache)
         return self.lm_head(x[:, -1:] if last_only else x)
+
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy of (B, T) ids against (B, T) targets (-100: not scored) — the training loss.
+
+        Equal to `F.cross_entropy(self(input_ids).flatten(0, 1), targets.flatten())` within float32 rounding, but
+        the LM head and the loss run in row chunks (`gpt2_lightning.lm_loss`): the (B·T, V) logits are never held
+        whole, which saves most of a training step's peak memory at GPT-2's vocabulary and some of its time.
+        """
+        if targets.shape != input_ids.shape:
+            raise UsageError(f"targets must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(targets.shape)}")
+        return chunked_cross_entropy(self.hidden_states(input_ids).flatten(0, 1), self.lm_head.weight, targets.flatten())
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike) -> GPT:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from gpt2_lightning.checkpoints import config_from_own, load_state_dict_strict
@@ -46,7 +45,7 @@ class GPT2LightningModule(L.LightningModule):
             betas: AdamW betas.
             init_from: a hub id or checkpoint directory to fine-tune from; its architecture wins over `config`,
                 except dropout, n_kv_head (converted with mha_to_gqa) and sliding_window, applied on top.
-            compile: torch.compile the model's forward (state-dict keys stay unprefixed).
+            compile: torch.compile each transformer block (state-dict keys stay unprefixed; the first steps compile).
             peak_flops: FLOP/s per device that MFU divides by (default: Lightning's table for GPUs at the training
                 precision, this CPU's measured fp32 matmul rate on CPUs); logged once as system/peak_flops.
         """
@@ -94,16 +93,16 @@ class GPT2LightningModule(L.LightningModule):
             shard_model(self.model, self.device_mesh["data_parallel"], bf16=bf16)
             if self.model.lm_head.weight is not self.model.transformer.wte.weight:
                 raise RuntimeError("sharding untied the LM head from the token embedding; they must share a unit")
-        if self.hparams.compile:
-            self.model.compile()
+        if self.hparams.compile:  # block by block, in place: FSDP2's hooks stay outside the compiled code, one
+            for block in self.model.transformer.h:  # compiled graph serves every block, and keys stay unprefixed
+                block.compile()
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
 
-    def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, batch) -> torch.Tensor:
         inputs, targets = batch  # (B, T) each
-        logits = self.model(inputs)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()), logits
+        return self.model.loss(inputs, targets)
 
     # ---- training -------------------------------------------------------------------------------------------
 
@@ -129,7 +128,7 @@ class GPT2LightningModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         inputs = batch[0]  # (B, T): forward + backward ≈ 3 × the forward's FLOPs
         self.flops_per_batch = 3 * self.model.flops_per_token(inputs.size(1)) * inputs.numel()
-        loss, _ = self._loss(batch)
+        loss = self._loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"train/loss is {loss.item()} at step {self.global_step}: training diverged. Lower "
@@ -152,7 +151,7 @@ class GPT2LightningModule(L.LightningModule):
     # ---- validation ----------------------------------------------------------------------------------------
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        loss, _ = self._loss(batch)
+        loss = self._loss(batch)
         self.val_loss.update(loss)
         self.log("val/loss", self.val_loss, prog_bar=True)
 
@@ -160,11 +159,11 @@ class GPT2LightningModule(L.LightningModule):
         self.log("val/ppl", self.val_loss.compute().exp())  # the perplexity of the mean loss, all ranks'
 
     def test_step(self, batch, batch_idx: int) -> None:
-        loss, _ = self._loss(batch)
+        loss = self._loss(batch)
         self.log("test/loss", loss)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self.model(batch[0])[:, -1].argmax(-1)  # the next token after each sequence
+        return self.model(batch[0], last_only=True)[:, -1].argmax(-1)  # the next token after each sequence
 
     # ---- optimisation --------------------------------------------------------------------------------------
 

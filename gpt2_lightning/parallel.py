@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from gpt2_lightning.model import GPT
 
@@ -21,4 +21,5 @@ def shard_model(model: GPT, mesh: DeviceMesh, bf16: bool = False) -> GPT:
     for block in model.transformer.h:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
+    register_fsdp_forward_method(model, "loss")  # the training loss gathers and frees the root's weights as forward does
     return model

@@ -7,6 +7,10 @@ Conventions (see docs/variants.md):
   position included, i.e. w keys. w >= S is full causal attention.
 - Grouped-query attention: with n_kv key/value heads and n_head query heads, query head i reads key/value
   head i // (n_head // n_kv) — `F.scaled_dot_product_attention(..., enable_gqa=True)`, no copies of K or V.
+- Kernels: full causal attention is SDPA's (flash / memory-efficient on a GPU). A sliding window is
+  FlexAttention with a block mask on a CUDA GPU (compiled kernels that skip the blocks outside the band; an
+  explicit mask would keep SDPA off its flash kernels), and the eager banded kernel on CPUs, where
+  FlexAttention needs a compile and measured no faster (docs/performance.md).
 
 Shapes: q (B, nh, T, hs); k, v (B, nkv, S, hs); output (B, nh, T, hs).
 """
@@ -18,6 +22,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 # Sequences at least this many windows long use the banded kernel; shorter ones a dense (T, S) mask, which
 # costs O(T·S) but has no blocking overhead. Chosen from benchmarks/bench_attention.py (docs/performance.md).
@@ -40,6 +45,8 @@ def attention(
     T, S = q.size(2), k.size(2)
     gqa = q.size(1) != k.size(1)
     if window is not None and window < S:  # some key lies outside some query's window
+        if q.device.type == "cuda" and T > 1 and dropout_p == 0.0:  # (FlexAttention has no dropout)
+            return flex_window_attention(q, k, v, window)
         if T >= BANDED_MIN_WINDOWS * window:
             return banded_attention(q, k, v, window, dropout_p)
         mask = visible_mask(T, S, window, q.device)
@@ -95,6 +102,32 @@ def banded_attention(
         qb, key_blocks(k), key_blocks(v), attn_mask=mask, dropout_p=dropout_p, enable_gqa=H != Hk
     )  # (B·n_blocks, H, block, hs)
     return y.view(B, n_blocks, H, block, hs).transpose(1, 2).reshape(B, H, n_blocks * block, hs)[:, :, :T]
+
+
+@functools.lru_cache(maxsize=32)
+def _window_block_mask(T: int, S: int, window: int, device: torch.device) -> BlockMask:
+    """FlexAttention's block mask for queries at key positions S - T … S - 1 under a causal window of `window`."""
+    offset = S - T
+
+    def visible(b, h, q_idx, kv_idx):
+        position = q_idx + offset
+        return (kv_idx <= position) & (kv_idx > position - window)
+
+    return create_block_mask(visible, B=None, H=None, Q_LEN=T, KV_LEN=S, device=device)
+
+
+@functools.cache
+def _compiled_flex_attention():
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """Sliding-window attention through compiled FlexAttention: work O(T·w) in blocks, the masked ones skipped.
+
+    The kernel for CUDA GPUs; it also runs (compiled) on CPUs, which is how the tests check it everywhere.
+    """
+    block_mask = _window_block_mask(q.size(2), k.size(2), window, q.device)
+    return _compiled_flex_attention()(q, k, v, block_mask=block_mask, enable_gqa=q.size(1) != k.size(1))
 
 
 def reference_attention(

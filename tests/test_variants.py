@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import greedy_by_recompute
 
-from gpt2_lightning.attention import attention, banded_attention, reference_attention
+from gpt2_lightning.attention import attention, banded_attention, flex_window_attention, reference_attention
 from gpt2_lightning.checkpoints import save_pretrained
 from gpt2_lightning.errors import CheckpointError
 from gpt2_lightning.cli import main
@@ -152,6 +152,41 @@ def test_banded_attention_gradients_equal_reference():
     reference_attention(q, k, v, 6).square().sum().backward()
     for a, t in zip(fast, (q, k, v)):
         torch.testing.assert_close(a, t.grad, atol=1e-5, rtol=1e-5)
+
+
+def _qkv_grads(fn, q, k, v):
+    for t in (q, k, v):
+        t.grad = None
+    out = fn(q, k, v)
+    out.square().sum().backward()
+    return [out.detach(), *(t.grad.clone() for t in (q, k, v))]
+
+
+@pytest.mark.parametrize("S, n_kv", [(256, 2), (200, 4)], ids=["prefill-gqa", "after-56-cached"])
+def test_flex_window_attention_equals_reference(S, n_kv):
+    """The GPU kernel for windows, run compiled on this CPU (forward only: Flex has no CPU backward; the GPU test
+    below checks gradients)."""
+    torch.manual_seed(S)
+    T, w = 144, 24
+    q, k, v = torch.randn(1, 4, T, 16), torch.randn(1, n_kv, S, 16), torch.randn(1, n_kv, S, 16)
+    expected = reference_attention(q, k, v, w)
+    torch.testing.assert_close(flex_window_attention(q, k, v, w), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: on CPUs windows take the banded kernel")
+def test_window_attention_on_a_gpu_takes_flex_and_equals_reference(monkeypatch):
+    import gpt2_lightning.attention as attention_module
+
+    calls = []
+    monkeypatch.setattr(attention_module, "flex_window_attention", lambda *a: calls.append(1) or flex_window_attention(*a))
+    torch.manual_seed(0)
+    q = torch.randn(2, 12, 2048, 64, device="cuda", requires_grad=True)
+    k, v = (torch.randn(2, 4, 2048, 64, device="cuda", requires_grad=True) for _ in range(2))
+    fast = _qkv_grads(lambda *a: attention(*a, 256), q, k, v)
+    assert calls, "a windowed attention on a CUDA device did not use FlexAttention"
+    reference = _qkv_grads(lambda *a: reference_attention(*a, 256), q, k, v)
+    for ours, expected in zip(fast, reference):  # TF32 / kernel accumulation order on the GPU
+        torch.testing.assert_close(ours, expected, atol=2e-3, rtol=2e-3)
 
 
 # ---- KV cache: equal to recomputing the full forward, for every combination ----------------------------------

@@ -17,7 +17,7 @@ import torch
 from test_training import TINY, fit
 
 from gpt2_lightning import token_cache
-from tensorboard_logs import scalars
+from gpt2_lightning.measure import logged_scalars as scalars
 from gpt2_lightning.cli import main
 from gpt2_lightning.corpus import Corpus, DataError, builtin_documents, file_digest
 from gpt2_lightning.data import GPT2DataModule, PositionedLoader, TokenWindows, inputs_and_targets, permute

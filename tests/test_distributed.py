@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_training import TINY
 
-from tensorboard_logs import scalars
+from gpt2_lightning.measure import logged_scalars as scalars
 from gpt2_lightning.model import GPT
 from gpt2_lightning.module import load_trained_model
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_data import write_docs
 from test_distributed import CONFIGS
-from tensorboard_logs import scalars
+from gpt2_lightning.measure import logged_scalars as scalars
 from test_training import TINY, fit
 
 from gpt2_lightning.analysis import cached

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tensorboard_logs import scalars
+from gpt2_lightning.measure import logged_scalars as scalars
 from gpt2_lightning.cli import main
 from gpt2_lightning.corpus import builtin_documents
 from gpt2_lightning.model import GPT, GPTConfig

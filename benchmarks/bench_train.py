@@ -13,7 +13,6 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from gpt2_lightning.data import GPT2DataModule
 from gpt2_lightning.model import GPTConfig
@@ -70,7 +69,7 @@ def bare_loop(config: GPTConfig, batch_size: int, steps: int) -> list[float]:
     model = module.model.train()
     ends = []
     for (x, y), _ in zip(data.train_dataloader(), range(steps)):
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss = model.loss(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -67,6 +67,14 @@ def _peak_rss_mb() -> float:
     return int(line.split()[1]) / 1024
 
 
+def peak_rss_rise_mb(fn) -> float:
+    """How far this process's resident memory peaked above its level at the call while `fn()` ran, in MB."""
+    _reset_peak_rss()
+    before = _rss_mb()
+    fn()
+    return max(_peak_rss_mb() - before, 0.0)
+
+
 def _attention_call(kind: str, q, k, v):
     if kind == "full causal":
         return lambda: attention(q, k, v)
@@ -82,12 +90,9 @@ def attention_point_here(T: int, kind: str) -> dict:
     q, k, v = (torch.randn(1, N_HEAD, T, HEAD_DIM) for _ in range(3))
     with torch.inference_mode():
         fn = _attention_call(kind, q, k, v)
-        _reset_peak_rss()
-        before = _rss_mb()
-        fn()
-        peak = _peak_rss_mb() - before
+        peak = peak_rss_rise_mb(fn)
         ms = median_ms(fn, repeats=3 if T <= 8192 else 1)
-    return {"ms": ms, "peak_mb": max(peak, 0.0)}
+    return {"ms": ms, "peak_mb": peak}
 
 
 def attention_point(T: int, kind: str, threads: int = 2) -> dict:

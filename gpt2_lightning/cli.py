@@ -32,6 +32,7 @@ from gpt2_lightning.errors import CheckpointError, UsageError
 from gpt2_lightning.hf import HUB_MODELS, download, save_hf
 from gpt2_lightning.model import GPT, mha_to_gqa
 from gpt2_lightning.module import GPT2LightningModule, load_trained_model
+from gpt2_lightning.quantize import QUANTIZATIONS, quantize_weights
 from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer
 from gpt2_lightning.training import (
     PREEMPTED_EXIT_STATUS,
@@ -80,6 +81,9 @@ def run_generate(args: argparse.Namespace) -> None:
                          f"{args.max_new_tokens}")
     device = pick_device(args.device)
     model = load_any(args.checkpoint).to(device)
+    n_params = model.num_params()
+    if args.quantize is not None:
+        model = quantize_weights(model, args.quantize)
     tokenizer = get_tokenizer()
     prompt_ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [EOT_ID]
     input_ids = torch.tensor([prompt_ids], device=device)
@@ -108,7 +112,8 @@ def run_generate(args: argparse.Namespace) -> None:
         print(text.decode(b"", final=True))
     seconds = time.perf_counter() - started
     print(f"[{args.num_samples} sample(s), {produced} new tokens in {seconds:.1f} s ({produced / seconds:.1f} tokens/s) "
-          f"from {args.checkpoint} ({model.num_params():,} parameters) on {device}, seed {args.seed}]",
+          f"from {args.checkpoint} ({n_params:,} parameters{', int8 weights' if args.quantize else ''}) on {device}, "
+          f"seed {args.seed}]",
           file=sys.stderr)
 
 
@@ -179,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=1337, help="the sampling generator's seed")
     gen.add_argument("--num-samples", type=int, default=1, help="independent continuations of the prompt")
     gen.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    gen.add_argument("--quantize", choices=QUANTIZATIONS, default=None, help="decode with int8 weights (torchao, weight-only, "
+                     "bf16 activations): ~3× faster on CPUs, held-out loss within 1%% (docs/performance.md)")
     gen.set_defaults(run=run_generate)
 
     dl = command("download", "fetch OpenAI's GPT-2 weights from the Hugging Face Hub")

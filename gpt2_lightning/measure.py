@@ -123,6 +123,42 @@ def decode_tokens_per_sec(model: GPT, context: int, new_tokens: int = 16) -> tup
     return new_tokens / elapsed, cache.nbytes
 
 
+def builtin_token_split(heldout_fraction: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """The builtin corpus as GPT-2 token ids: (training tokens, the held-out tail)."""
+    from gpt2_lightning.corpus import builtin_documents
+    from gpt2_lightning.tokenizer import get_tokenizer
+
+    ids = torch.tensor(get_tokenizer().encode_ordinary("\n\n".join(builtin_documents())))
+    cut = int(len(ids) * (1 - heldout_fraction))
+    return ids[:cut], ids[cut:]
+
+
+def train_briefly(config, tokens: torch.Tensor, steps: int, batch_size: int = 8, seed: int = 0) -> GPT:
+    """A GPT of `config` trained for `steps` AdamW steps on random windows of `tokens`: weights with the structure
+    of a trained model (peaked logits), for measuring what quantization changes. Returned in eval mode."""
+    torch.manual_seed(seed)
+    model = GPT(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    T = config.block_size
+    for _ in range(steps):
+        starts = torch.randint(0, len(tokens) - T - 1, (batch_size,))
+        window = torch.stack([tokens[s : s + T + 1] for s in starts.tolist()])  # (B, T + 1)
+        model.loss(window[:, :-1], window[:, 1:]).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+@torch.inference_mode()
+def heldout_quality(model: GPT, tokens: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """(mean next-token loss, (N,) greedy predictions) over `tokens` cut into block_size windows."""
+    T = model.config.block_size
+    n = (len(tokens) - 1) // T
+    x, y = tokens[: n * T].view(n, T), tokens[1 : n * T + 1].view(n, T)
+    logits = model(x).float()  # (n, T, V)
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten()).item(), logits.argmax(-1).flatten()
+
+
 if __name__ == "__main__":
     torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 2)
     print(json.dumps(attention_point_here(int(sys.argv[1]), sys.argv[2])))

@@ -192,7 +192,7 @@ class GPT(nn.Module):
 
     def make_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty cache for `max_len` positions, on the model's device and dtype (a rolling buffer if windowed)."""
-        c, weight = self.config, self.lm_head.weight
+        c, weight = self.config, self.transformer.wte.weight
         return KVCache(
             c.n_layer, batch_size, c.kv_heads, c.head_dim, max_len, c.sliding_window, weight.device, weight.dtype
         )

@@ -1,0 +1,69 @@
+"""int8 weight-only quantization: what it changes in a trained model's predictions, its kernel, and the CLI flag."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+
+from gpt2_lightning.cli import main
+from gpt2_lightning.checkpoints import save_pretrained
+from gpt2_lightning.errors import UsageError
+from gpt2_lightning.measure import builtin_token_split, heldout_quality, train_briefly
+from gpt2_lightning.model import GPT, GPTConfig
+from gpt2_lightning.quantize import Int8Linear, quantize_weights
+
+CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64)  # GPT-2's vocabulary: the packaged tokenizer's
+
+
+@pytest.fixture(scope="module")
+def trained():
+    train, heldout = builtin_token_split()
+    return train_briefly(CONFIG, train, steps=60), heldout
+
+
+def test_int8_keeps_heldout_loss_within_1_percent_and_greedy_choices(trained):
+    model, heldout = trained
+    loss, greedy = heldout_quality(model, heldout)
+    assert loss < 7.0  # trained: far below the uniform 10.8, so its logits are peaked and the check means something
+    quantized = quantize_weights(copy.deepcopy(model), "int8")
+    q_loss, q_greedy = heldout_quality(quantized, heldout)
+    assert abs(q_loss - loss) / loss < 0.01
+    assert (q_greedy == greedy).float().mean() > 0.95
+
+
+def test_every_linear_layer_is_int8_and_the_embedding_untied(trained):
+    model, _ = trained
+    quantized = quantize_weights(copy.deepcopy(model), "int8")
+    linears = [m for m in quantized.modules() if isinstance(m, Int8Linear)]
+    assert len(linears) == 4 * CONFIG.n_layer + 1  # c_attn, c_proj, c_fc, mlp.c_proj per block, and the LM head
+    assert all(m.qdata.dtype == torch.int8 for m in linears)
+    assert quantized.transformer.wte.weight.dtype == torch.bfloat16  # its own rows, not the head's int8 ones
+    torch.testing.assert_close(quantized.transformer.wte.weight.float(), model.transformer.wte.weight, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("width", [48, 40], ids=["int8-kernel", "other-widths"])
+def test_int8_linear_equals_the_dequantized_product(width):
+    torch.manual_seed(0)
+    layer = Int8Linear(torch.randint(-127, 128, (96, width), dtype=torch.int8), torch.rand(96).bfloat16() / 100,
+                       torch.randn(96).bfloat16())
+    x = torch.randn(3, 5, width)  # 15 rows of a width not a multiple of 16 crashed the CPU kernel
+    expected = x @ (layer.qdata.float() * layer.scale.float()[:, None]).t() + layer.bias.float()
+    torch.testing.assert_close(layer(x).float(), expected, rtol=2e-2, atol=2e-2)  # bf16 activations and output
+
+
+def test_unknown_quantization_is_refused():
+    with pytest.raises(UsageError, match="unknown quantization 'int4'; choose one of: int8"):
+        quantize_weights(GPT(CONFIG), "int4")
+
+
+def test_cli_generate_quantize_int8(trained, tmp_path, capsys):
+    model, _ = trained
+    save_pretrained(model, tmp_path / "model")
+    main(["generate", "--checkpoint", str(tmp_path / "model"), "--prompt", "The", "--max-new-tokens", "8",
+          "--temperature", "0", "--device", "cpu", "--quantize", "int8"])
+    captured = capsys.readouterr()
+    assert captured.out.startswith("The") and len(captured.out) > len("The\n")
+    assert re.search(r"\(\d[\d,]+ parameters, int8 weights\) on cpu", captured.err)

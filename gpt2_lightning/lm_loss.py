@@ -30,13 +30,12 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 def _chunk_loss(
     h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One chunk: (R, C) states, (V, C) weight, (R,) targets and scored mask → (summed loss, (R, V) float32 logits,
-    (R,) logsumexp)."""
-    logits = (h @ w.t()).float()  # (R, V)
-    lse = torch.logsumexp(logits, dim=-1)  # (R,)
-    picked = logits.gather(1, targets[:, None]).squeeze(1)  # (R,)
-    return ((lse - picked) * scored).sum(), logits, lse
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk: (R, C) states, (V, C) weight, (R,) targets and scored mask → (summed loss, (R, V) float32
+    log-probabilities). One fused log-softmax kernel: fewer passes over the chunk than logsumexp + subtract."""
+    log_probs = torch.log_softmax((h @ w.t()).float(), dim=-1)  # (R, V)
+    picked = log_probs.gather(1, targets[:, None]).squeeze(1)  # (R,)
+    return -(picked * scored).sum(), log_probs
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -57,11 +56,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             for start in range(0, hidden.size(0), rows):
                 h = h_all[start : start + rows]  # (R, C)
                 t, keep = safe_targets[start : start + rows], scored[start : start + rows]  # (R,)
-                chunk_loss, logits, lse = _chunk_loss(h, w, t, keep)
+                chunk_loss, log_probs = _chunk_loss(h, w, t, keep)
                 loss_sum += chunk_loss
                 # d(mean loss)/d(logits) = (softmax - one_hot(target)) / n_scored on scored rows, 0 elsewhere
-                grad_logits = logits.sub_(lse[:, None]).exp_()  # (R, V), reusing the logits' memory
-                grad_logits.scatter_add_(1, t[:, None], -torch.ones_like(lse)[:, None])
+                grad_logits = log_probs.exp_()  # (R, V), reusing the log-probabilities' memory
+                grad_logits.scatter_add_(1, t[:, None], torch.full_like(t, -1, dtype=grad_logits.dtype)[:, None])
                 grad_logits.mul_((keep * scale)[:, None])
                 g = grad_logits.to(dtype)
                 grad_hidden[start : start + rows] = g @ w  # (R, C)

@@ -66,10 +66,14 @@ def check_fit(workdir: Path, steps: int) -> None:
     rate, mfu = scalars(root, "train/device/items_per_sec"), scalars(root, "train/device/mfu")
     late = [s for s in rate if s >= steps // 3]  # after the compile and the first noisy steps
     tokens = statistics.median(rate[s] for s in late) * 1024  # items are sequences of block_size tokens
-    mfu_median = statistics.median(mfu[s] for s in late if s in mfu)
     loss = scalars(root, "train/loss")
     row("124M fit, bf16-mixed, compiled, 12 × 1024 per step", f"{tokens:,.0f} tok/s ({wall:.0f} s wall for {steps} "
         f"steps, loss {loss[min(loss)]:.2f} → {loss[max(loss)]:.2f})")
+    mfu_late = [mfu[s] for s in late if s in mfu]
+    if not mfu_late:  # Lightning's peak table lacks this GPU: the run printed how to pass model.peak_flops
+        row("124M fit MFU", "not logged: this GPU's peak is not in Lightning's table", ">= 40% (H100)", False)
+        return
+    mfu_median = statistics.median(mfu_late)
     row("124M fit MFU", f"{mfu_median:.1%}", ">= 40% (H100)", mfu_median >= 0.40)
 
 
@@ -104,7 +108,8 @@ def check_fsdp_resume(workdir: Path) -> None:
     root = workdir / "fsdp"
     common = ["--config", "configs/gpt2.yaml", "--config", "configs/fsdp.yaml", *data_args(workdir),
               "--trainer.devices", "1", "--trainer.strategy.init_args.data_parallel_size", "1",
-              "--trainer.default_root_dir", str(root), "--checkpoint.every_n_train_steps", "10"]
+              "--trainer.default_root_dir", str(root), "--checkpoint.every_n_train_steps", "10",
+              "--model.compile", "false"]  # sharding and resume are the point here, not the compile
     cli("fit", *common, "--trainer.max_steps", "10", log=workdir / "fsdp.log")
     cli("fit", *common, "--trainer.max_steps", "20", "--ckpt_path", "last", log=workdir / "fsdp-resume.log")
     second = scalars(root / "lightning_logs" / "version_1", "train/loss", versions="")

@@ -80,10 +80,14 @@ def run_generate(args: argparse.Namespace) -> None:
         raise UsageError(f"--num-samples and --max-new-tokens must be >= 1, got {args.num_samples} and "
                          f"{args.max_new_tokens}")
     device = pick_device(args.device)
+    if args.quantize is not None and args.dtype == "float32":
+        raise UsageError(f"--quantize {args.quantize} runs with bfloat16 activations; drop --dtype float32")
     model = load_any(args.checkpoint).to(device)
     n_params = model.num_params()
     if args.quantize is not None:
         model = quantize_weights(model, args.quantize)
+    elif args.dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
     tokenizer = get_tokenizer()
     prompt_ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [EOT_ID]
     input_ids = torch.tensor([prompt_ids], device=device)
@@ -111,9 +115,9 @@ def run_generate(args: argparse.Namespace) -> None:
             print(text.decode(tokenizer.decode_single_token_bytes(token.item())), end="", flush=True)
         print(text.decode(b"", final=True))
     seconds = time.perf_counter() - started
+    weights = f"{args.quantize} weights" if args.quantize else args.dtype or "float32"
     print(f"[{args.num_samples} sample(s), {produced} new tokens in {seconds:.1f} s ({produced / seconds:.1f} tokens/s) "
-          f"from {args.checkpoint} ({n_params:,} parameters{', int8 weights' if args.quantize else ''}) on {device}, "
-          f"seed {args.seed}]",
+          f"from {args.checkpoint} ({n_params:,} parameters, {weights}) on {device}, seed {args.seed}]",
           file=sys.stderr)
 
 
@@ -184,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=1337, help="the sampling generator's seed")
     gen.add_argument("--num-samples", type=int, default=1, help="independent continuations of the prompt")
     gen.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    gen.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="the weights' dtype (default "
+                     "float32): bfloat16 halves the bytes each token reads, ~2× faster on CPUs with AVX512-bf16")
     gen.add_argument("--quantize", choices=QUANTIZATIONS, default=None, help="decode with int8 weights (torchao, weight-only, "
                      "bf16 activations): ~3× faster on CPUs, held-out loss within 1%% (docs/performance.md)")
     gen.set_defaults(run=run_generate)

@@ -126,7 +126,7 @@ def test_cli_generate_prints_prompt_and_greedy_continuation(tmp_path, capsys):
     produced = expected.shape[1] - ids.shape[1]  # the eos token, if reached, counts: it was generated
     # the report is stderr's last line (transformers' save progress comes before it)
     assert re.search(rf"\[1 sample\(s\), {produced} new tokens in [\d.]+ s \([\d.]+ tokens/s\) from "
-                        rf"{re.escape(str(directory))} \(\d[\d,]+ parameters\) on cpu, seed 1337\]\n$", captured.err)
+                        rf"{re.escape(str(directory))} \(\d[\d,]+ parameters, float32\) on cpu, seed 1337\]\n$", captured.err)
 
 
 def test_cli_reports_bad_checkpoint_and_offline_download(tmp_path, capsys, monkeypatch):

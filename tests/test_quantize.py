@@ -14,6 +14,7 @@ from gpt2_lightning.errors import UsageError
 from gpt2_lightning.measure import builtin_token_split, heldout_quality, train_briefly
 from gpt2_lightning.model import GPT, GPTConfig
 from gpt2_lightning.quantize import Int8Linear, quantize_weights
+from gpt2_lightning.tokenizer import get_tokenizer
 
 CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64)  # GPT-2's vocabulary: the packaged tokenizer's
 
@@ -67,3 +68,21 @@ def test_cli_generate_quantize_int8(trained, tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.startswith("The") and len(captured.out) > len("The\n")
     assert re.search(r"\(\d[\d,]+ parameters, int8 weights\) on cpu", captured.err)
+
+
+def test_cli_generate_bfloat16_decodes_what_the_bf16_model_does(trained, tmp_path, capsys):
+    model, _ = trained
+    save_pretrained(model, tmp_path / "model")
+    args = ["generate", "--checkpoint", str(tmp_path / "model"), "--prompt", "The", "--max-new-tokens", "8",
+            "--temperature", "0", "--device", "cpu"]
+    main([*args, "--dtype", "bfloat16"])
+    captured = capsys.readouterr()
+    enc = get_tokenizer()
+    ids = torch.tensor([enc.encode("The")])
+    expected = copy.deepcopy(model).to(torch.bfloat16).generate(ids, 8, temperature=0.0, eos_token_id=enc.eot_token)
+    continuation = [t for t in expected[0, 1:].tolist() if t != enc.eot_token]
+    assert captured.out == "The" + enc.decode(continuation) + "\n"
+    assert "parameters, bfloat16) on cpu" in captured.err
+    with pytest.raises(SystemExit):
+        main([*args, "--dtype", "float32", "--quantize", "int8"])
+    assert "--quantize int8 runs with bfloat16 activations; drop --dtype float32" in capsys.readouterr().err

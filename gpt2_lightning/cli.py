@@ -107,6 +107,7 @@ def run_generate(args: argparse.Namespace) -> None:
             top_p=args.top_p,
             eos_token_id=EOT_ID,
             generator=generator,
+            compile=args.compile,
         )
         for token in stream:
             produced += 1
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=1337, help="the sampling generator's seed")
     gen.add_argument("--num-samples", type=int, default=1, help="independent continuations of the prompt")
     gen.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    gen.add_argument("--compile", action="store_true", help="decode through torch.compile: ~1.5× faster per token on "
+                     "CPUs after a first compile of ~45 s (pays on long outputs)")
     gen.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="the weights' dtype (default "
                      "float32): bfloat16 halves the bytes each token reads, ~2× faster on CPUs with AVX512-bf16")
     gen.add_argument("--quantize", choices=QUANTIZATIONS, default=None, help="decode with int8 weights (torchao, weight-only, "

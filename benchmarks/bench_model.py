@@ -110,7 +110,8 @@ def memory_read_gbps(mb: int = 512) -> float:
 def weight_bytes_per_token(model) -> int:
     """Bytes of weights one decoded token reads: every matmul weight (the LM head included), not the embedding
     tables (one row each)."""
-    embeddings = {id(t) for t in (model.transformer.wte.weight, getattr(model.transformer, "wpe", None)) if t is not None}
+    tables = [model.transformer.wte, getattr(model.transformer, "wpe", None)]
+    embeddings = {id(table.weight) for table in tables if table is not None}
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in embeddings}
     tied = model.lm_head.weight is model.transformer.wte.weight
     return sum(t.nbytes for t in tensors.values()) + (model.lm_head.weight.nbytes if tied else 0)

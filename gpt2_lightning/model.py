@@ -34,6 +34,7 @@ from gpt2_lightning.errors import UsageError
 from gpt2_lightning.lm_loss import chunked_cross_entropy
 from gpt2_lightning.rope import apply_rope, rope_frequencies, rope_tables
 
+
 class Linear(nn.Linear):
     """nn.Linear, except in compiled CPU decoding, where a few rows are multiplied as a reduction.
 
@@ -258,8 +259,11 @@ class GPT(nn.Module):
         whole, which saves most of a training step's peak memory at GPT-2's vocabulary and some of its time.
         """
         if targets.shape != input_ids.shape:
-            raise UsageError(f"targets must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(targets.shape)}")
-        return chunked_cross_entropy(self.hidden_states(input_ids).flatten(0, 1), self.lm_head.weight, targets.flatten())
+            raise UsageError(
+                f"targets must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(targets.shape)}"
+            )
+        hidden = self.hidden_states(input_ids).flatten(0, 1)  # (B·T, C)
+        return chunked_cross_entropy(hidden, self.lm_head.weight, targets.flatten())
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike) -> GPT:

@@ -5,7 +5,8 @@ fewer bytes than float32. torchao (PyTorch's quantization library) quantizes eac
 output row, symmetrically (`Int8WeightOnlyConfig`); `Int8Linear` then holds the int8 rows and their scales and
 multiplies with PyTorch's int8 weight-only kernel (`_weight_int8pack_mm`) on CPUs, which measured ~15× faster
 on the LM head than torchao's eager path (it dequantizes the whole weight per call; docs/performance.md), and
-as `(x @ int8ᵀ) · scale` on other devices and for input widths that are not a multiple of 16. Activations run in bfloat16: that kernel takes bf16 inputs.
+as `(x @ int8ᵀ) · scale` on other devices and for input widths that are not a multiple of 16. Activations run
+in bfloat16: that kernel takes bf16 inputs.
 
 The LM head is untied from the token embedding first, so the embedding keeps unquantized rows (in bf16).
 Quantized models are for inference (quantize after training, before decoding).

@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
-from gpt2_lightning.cli import main
 from gpt2_lightning.checkpoints import save_pretrained
+from gpt2_lightning.cli import main
 from gpt2_lightning.errors import UsageError
 from gpt2_lightning.measure import builtin_token_split, heldout_quality, train_briefly
 from gpt2_lightning.model import GPT, GPTConfig
@@ -42,7 +42,8 @@ def test_every_linear_layer_is_int8_and_the_embedding_untied(trained):
     assert len(linears) == 4 * CONFIG.n_layer + 1  # c_attn, c_proj, c_fc, mlp.c_proj per block, and the LM head
     assert all(m.qdata.dtype == torch.int8 for m in linears)
     assert quantized.transformer.wte.weight.dtype == torch.bfloat16  # its own rows, not the head's int8 ones
-    torch.testing.assert_close(quantized.transformer.wte.weight.float(), model.transformer.wte.weight, atol=1e-2, rtol=1e-2)
+    embedding = quantized.transformer.wte.weight.float()
+    torch.testing.assert_close(embedding, model.transformer.wte.weight, atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize("width", [48, 40], ids=["int8-kernel", "other-widths"])

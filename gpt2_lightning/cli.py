@@ -118,7 +118,8 @@ def run_generate(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - started
     weights = f"{args.quantize} weights" if args.quantize else args.dtype or "float32"
     print(f"[{args.num_samples} sample(s), {produced} new tokens in {seconds:.1f} s "
-          f"({produced / seconds:.1f} tokens/s) from {args.checkpoint} ({n_params:,} parameters, {weights}) on {device}, seed {args.seed}]",
+          f"({produced / seconds:.1f} tokens/s) from {args.checkpoint} ({n_params:,} parameters, {weights}) "
+          f"on {device}, seed {args.seed}]",
           file=sys.stderr)
 
 

@@ -38,38 +38,47 @@ def _chunk_loss(
     return -(picked * scored).sum(), log_probs
 
 
+def _chunked(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, with_grads: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(mean loss, d loss/d hidden, d loss/d weight in float32), chunk by chunk; the gradients only `with_grads`."""
+    dtype = _compute_dtype(hidden)
+    with torch.autocast(hidden.device.type, enabled=False):
+        h_all, w = hidden.to(dtype), weight.to(dtype)  # (N, C), (V, C)
+        scored = targets != IGNORE_INDEX  # (N,)
+        scale = 1.0 / scored.sum().float()  # a tensor: no host sync on an accelerator
+        safe_targets = torch.where(scored, targets, 0)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if with_grads else None  # (N, C)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grads else None
+        for start in range(0, hidden.size(0), rows):
+            chunk = slice(start, start + rows)
+            h, t, keep = h_all[chunk], safe_targets[chunk], scored[chunk]  # (R, C), (R,), (R,)
+            chunk_loss, log_probs = _chunk_loss(h, w, t, keep)
+            loss_sum += chunk_loss
+            if not with_grads:
+                continue
+            # d(mean loss)/d(logits) = (softmax - one_hot(target)) / n_scored on scored rows, 0 elsewhere
+            grad_logits = log_probs.exp_()  # (R, V), reusing the log-probabilities' memory
+            grad_logits.scatter_add_(1, t[:, None], torch.full_like(t, -1, dtype=grad_logits.dtype)[:, None])
+            grad_logits.mul_((keep * scale)[:, None])
+            g = grad_logits.to(dtype)
+            grad_hidden[chunk] = g @ w  # (R, C)
+            if g.dtype == grad_weight.dtype:
+                grad_weight.addmm_(g.t(), h)  # (V, C), accumulated in place
+            else:  # low-precision matmul, float32 accumulation
+                grad_weight += g.t() @ h
+    return loss_sum * scale, grad_hidden, grad_weight
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of `hidden @ weight.T` against `targets`; gradients computed in forward, chunk by chunk."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
-        dtype = _compute_dtype(hidden)
-        with torch.autocast(hidden.device.type, enabled=False):
-            h_all, w = hidden.to(dtype), weight.to(dtype)  # (N, C), (V, C)
-            scored = targets != IGNORE_INDEX  # (N,)
-            n_scored = scored.sum()
-            scale = 1.0 / n_scored.float()  # a tensor: no host sync on an accelerator
-            safe_targets = torch.where(scored, targets, 0)
-            loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grad_hidden = torch.empty_like(hidden)  # (N, C)
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # (V, C)
-            for start in range(0, hidden.size(0), rows):
-                h = h_all[start : start + rows]  # (R, C)
-                t, keep = safe_targets[start : start + rows], scored[start : start + rows]  # (R,)
-                chunk_loss, log_probs = _chunk_loss(h, w, t, keep)
-                loss_sum += chunk_loss
-                # d(mean loss)/d(logits) = (softmax - one_hot(target)) / n_scored on scored rows, 0 elsewhere
-                grad_logits = log_probs.exp_()  # (R, V), reusing the log-probabilities' memory
-                grad_logits.scatter_add_(1, t[:, None], torch.full_like(t, -1, dtype=grad_logits.dtype)[:, None])
-                grad_logits.mul_((keep * scale)[:, None])
-                g = grad_logits.to(dtype)
-                grad_hidden[start : start + rows] = g @ w  # (R, C)
-                if g.dtype == grad_weight.dtype:
-                    grad_weight.addmm_(g.t(), h)  # (V, C), accumulated in place
-                else:  # low-precision matmul, float32 accumulation
-                    grad_weight += g.t() @ h
+        loss, grad_hidden, grad_weight = _chunked(hidden, weight, targets, rows, with_grads=True)
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
-        return loss_sum * scale
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
@@ -89,12 +98,4 @@ def chunked_cross_entropy(
     rows = rows or chunk_rows(weight.size(0))
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _FusedLinearCrossEntropy.apply(hidden, weight, targets, rows)
-    dtype = _compute_dtype(hidden)
-    with torch.autocast(hidden.device.type, enabled=False):
-        w, scored = weight.to(dtype), targets != IGNORE_INDEX
-        safe_targets = torch.where(scored, targets, 0)
-        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.size(0), rows):
-            chunk = slice(start, start + rows)
-            loss_sum += _chunk_loss(hidden[chunk].to(dtype), w, safe_targets[chunk], scored[chunk])[0]
-        return loss_sum / scored.sum()
+    return _chunked(hidden, weight, targets, rows, with_grads=False)[0]

@@ -192,16 +192,18 @@ class KVCache:
         if self.slots == self.max_len:  # a slot per position: positions are slots
             k_layer[:, :, start:end], v_layer[:, :, start:end] = k, v
             return k_layer[:, :, :end], v_layer[:, :, :end]
-        if T == 1:
-            slot = start % self.slots
-            k_layer[:, :, slot], v_layer[:, :, slot] = k[:, :, 0], v[:, :, 0]
-            return k_layer[:, :, : min(end, self.slots)], v_layer[:, :, : min(end, self.slots)]
+        # Tensor indices, not Python ints, so that a compiled decoding step serves every position (an int slot
+        # would specialize the graph to it: a recompile per step until torch.compile gives up).
+        kept = min(T, self.slots)  # only the last `slots` new positions can still be seen later
+        written = torch.arange(end - kept, end, device=k.device) % self.slots
+        if T == 1:  # the new token sees every filled slot, in slot order: attention does not depend on key order
+            k_layer[:, :, written], v_layer[:, :, written] = k, v
+            filled = min(end, self.slots)
+            return k_layer[:, :, :filled], v_layer[:, :, :filled]
         previous = torch.arange(start - min(start, self.slots), start, device=k.device) % self.slots
         keys = torch.cat([k_layer[:, :, previous], k], dim=2)  # (B, nkv, S, hs) in position order
         values = torch.cat([v_layer[:, :, previous], v], dim=2)
-        kept = min(T, self.slots)  # only the last `slots` new positions can still be seen later
-        slots = torch.arange(end - kept, end, device=k.device) % self.slots
-        k_layer[:, :, slots], v_layer[:, :, slots] = k[:, :, -kept:], v[:, :, -kept:]
+        k_layer[:, :, written], v_layer[:, :, written] = k[:, :, -kept:], v[:, :, -kept:]
         return keys, values
 
     @property

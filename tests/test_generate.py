@@ -35,9 +35,14 @@ def test_compiled_decoding_equals_eager(fields):
     prompt = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(1))
     eager = model.generate(prompt, 20, temperature=0.0)
     assert len(set(eager[0, 5:].tolist())) > 3, "degenerate test: the model repeats one token"
+    torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     assert torch.equal(model.generate(prompt, 20, temperature=0.0, compile=True), eager)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the steps did run compiled
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    # The steps did run compiled, and a few graphs serve all 19 positions (the first position, then any; for a
+    # window, before and after the buffer fills): a graph per position would hit torch.compile's recompile limit
+    # (8) and fall back to eager for the rest of the text.
+    assert 1 <= graphs <= 3, f"{graphs} graphs for 19 decoding steps"
 
 
 def test_kv_cache_equals_full_recompute():

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from gpt2_lightning.checkpoints import save_pretrained
-from gpt2_lightning.english import CompactData, CompactVocabulary, fetch_reference_corpus, last_word_passages
+from gpt2_lightning.english import CompactData, fetch_reference_corpus, last_word_passages
 from gpt2_lightning.errors import UsageError
 from gpt2_lightning.experiment import train_quietly
+from gpt2_lightning.files import write_atomically
 from gpt2_lightning.measure import attention_point, decode_tokens_per_sec
 from gpt2_lightning.model import GPT, GPTConfig, mha_to_gqa, sample_next_token
 from gpt2_lightning.module import GPT2LightningModule
@@ -173,9 +174,8 @@ def cached(runs: Path, key: str, spec: dict, compute: Callable[[], dict], weight
         pass  # missing, damaged or not ours: measure again
     started = time.perf_counter()
     result = compute()
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"spec": spec, "result": result, "seconds": time.perf_counter() - started}))
-    os.replace(tmp, path)
+    saved = {"spec": spec, "result": result, "seconds": time.perf_counter() - started}
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(saved)))
     return result
 
 
@@ -756,7 +756,7 @@ loss.
 
 **Measured** (seed {budget.seeds[0]} of each variant; validation loss on windows of 1×, 2×, 4× the training length):
 
-{_table([f'variant', f'{T} (1×)', f'{2 * T} (2×)', f'{4 * T} (4×)'], rows)}
+{_table(['variant', f'{T} (1×)', f'{2 * T} (2×)', f'{4 * T} (4×)'], rows)}
 
 **Result:** RoPE + GQA-2 + window kept its loss within {HOLDS} nats at every length — {_held(window_ok)}; RoPE alone
 {'kept it too' if rope_ok else 'lost more than that'}."""

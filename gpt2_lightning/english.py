@@ -34,6 +34,7 @@ import torch
 
 from gpt2_lightning.data import GPT2DataModule
 from gpt2_lightning.errors import UsageError
+from gpt2_lightning.files import write_atomically
 from gpt2_lightning.token_cache import TokenCache, default_cache_dir
 from gpt2_lightning.tokenizer import get_tokenizer
 
@@ -86,12 +87,7 @@ def fetch_reference_corpus(directory: str | os.PathLike | None = None) -> Path:
                  for name, (url, integrity) in PACKAGES.items() for file, text in _texts(_download(url, integrity))]
     random.Random(SHUFFLE_SEED).shuffle(documents)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        for document in documents:
-            f.write(json.dumps(document) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: tmp.write_text("".join(json.dumps(d) + "\n" for d in documents)))
 
 
 # ---- the compact vocabulary ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.errors import CheckpointError
+from gpt2_lightning.files import write_atomically
 
 if TYPE_CHECKING:
     from gpt2_lightning.model import GPT
@@ -171,20 +172,13 @@ def state_dict_from_hf(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary file and rename, so an interrupted save never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_checkpoint_directory(directory: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict) -> Path:
     """config.json + model.safetensors, each written to a temporary file and renamed into place."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {key: tensor.detach().to("cpu").contiguous() for key, tensor in tensors.items()}
-    _write_atomically(directory / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    _write_atomically(directory / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    write_atomically(directory / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    write_atomically(directory / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     return directory
 
 

@@ -38,6 +38,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.errors import CheckpointError, UsageError
+from gpt2_lightning.files import write_atomically
 from gpt2_lightning.token_cache import process_alive
 
 PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
@@ -55,14 +56,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
-        path = os.fspath(path)
-        tmp = f"{path}.tmp"
-        try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save = super().save_checkpoint
+        write_atomically(path, lambda tmp: save(checkpoint, tmp, storage_options))
 
 
 def _staging(path: Path) -> Path:

@@ -22,6 +22,7 @@ from gpt2_lightning.analysis import cached
 from gpt2_lightning.cli import main
 from gpt2_lightning.corpus import builtin_documents
 from gpt2_lightning.errors import CheckpointError
+from gpt2_lightning.files import write_atomically
 from gpt2_lightning.model import GPT
 from gpt2_lightning.module import load_trained_model
 from gpt2_lightning.training import RunLock, recover_sharded_checkpoint
@@ -380,6 +381,22 @@ def test_a_full_disk_during_a_save_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr("lightning.fabric.plugins.io.torch_io._atomic_save", disk_full)
     with pytest.raises(SystemExit, match=r"cannot write .*last.ckpt.tmp \(No space left on device\).*--ckpt_path last"):
         fit(tmp_path, "--trainer.max_steps", "4")
+
+
+def test_an_interrupted_write_keeps_the_previous_file(tmp_path):
+    """The one write path of checkpoints, converted weights, analysis runs and the fetched corpus."""
+    path = tmp_path / "kept.json"
+    path.write_text("old")
+
+    def interrupted(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, interrupted)
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["kept.json"]  # the partial file removed
+    write_atomically(path, lambda tmp: tmp.write_text("new"))
+    assert path.read_text() == "new" and os.listdir(tmp_path) == ["kept.json"]
 
 
 def test_convert_onto_an_existing_file_is_refused(four_steps, tmp_path):

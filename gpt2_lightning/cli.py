@@ -46,6 +46,7 @@ from gpt2_lightning.training import (
     StepProgressBar,
     TokenThroughput,
     check_distributed_checkpoint,
+    count_summary_flops,
     is_launching_process,
     recover_sharded_checkpoint,
 )
@@ -252,6 +253,7 @@ class GPT2LightningCLI(LightningCLI):
         if self.subcommand == "fit":
             trainer.callbacks[:0] = [LoggedStepIsOptimizerStep(), PreemptionCheckpoint(self._last_path())]
             trainer.callbacks.append(TokenThroughput())
+            count_summary_flops(trainer)
             bar = trainer.progress_bar_callback
             if bar is not None:
                 trainer.callbacks.remove(bar)

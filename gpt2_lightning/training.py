@@ -31,7 +31,13 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.fabric.utilities.types import _PATH
-from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import (
+    ModelCheckpoint,
+    ModelSummary,
+    RichModelSummary,
+    ThroughputMonitor,
+    TQDMProgressBar,
+)
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -240,6 +246,39 @@ def measure_cpu_peak_flops(n: int = 2048, repeats: int = 3) -> float:
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
+
+
+class _CountedFlops:
+    """Lightning's model summary, its total FLOPs never a false 0.
+
+    Lightning measures them on a forward of the module's `example_input_array`, which only single-device runs set
+    (with several ranks, a sharded forward on rank 0 alone would wait forever for the others). Where it measured
+    nothing, the total is `GPT.flops_per_token`'s count for one `block_size` sequence: the same forward, by formula.
+    """
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        T = pl_module.config.block_size
+        self._counted = round(pl_module.model.flops_per_token(T) * T)
+        super().on_fit_start(trainer, pl_module)
+
+    def summarize(self, *args: Any, total_flops: int, **kwargs: Any) -> None:
+        super().summarize(*args, total_flops=total_flops or self._counted, **kwargs)
+
+
+class CountedFlopsSummary(_CountedFlops, ModelSummary):
+    """`ModelSummary` with the FLOPs of every run (`_CountedFlops`)."""
+
+
+class RichCountedFlopsSummary(_CountedFlops, RichModelSummary):
+    """`RichModelSummary` with the FLOPs of every run (`_CountedFlops`)."""
+
+
+def count_summary_flops(trainer: L.Trainer) -> None:
+    """Swap the trainer's Lightning model summary for its `_CountedFlops` version, keeping its settings."""
+    counted = {ModelSummary: CountedFlopsSummary, RichModelSummary: RichCountedFlopsSummary}
+    for i, callback in enumerate(trainer.callbacks):
+        if type(callback) in counted:
+            trainer.callbacks[i] = counted[type(callback)](callback._max_depth, **callback._summarize_kwargs)
 
 
 class TokenThroughput(ThroughputMonitor):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from gpt2_lightning.measure import logged_scalars as scalars
 from gpt2_lightning.cli import main
@@ -242,3 +243,22 @@ def test_weight_decay_only_on_matrices():
     names = {n for n, p in module.model.named_parameters() if id(p) in decayed}
     assert names == {"transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.weight",
                      "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_proj.weight"}
+
+
+def test_the_model_summary_counts_flops_where_lightning_cannot_measure_them(tmp_path, capsys, monkeypatch):
+    """With several ranks the module sets no example input (a forward on rank 0 alone would hang), so Lightning's
+    summary measured nothing and printed 'Total FLOPs: 0'; the formula's count for one sequence stands in."""
+    monkeypatch.setattr(GPT2LightningModule, "setup", lambda self, stage: None)  # as on every multi-rank run
+    fit(tmp_path, "--trainer.max_steps", "1", "--trainer.enable_model_summary", "true")
+    out = capsys.readouterr().out
+    counted = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)).flops_per_token(32) * 32
+    assert re.search(r"Total FLOPs: (\S+(?: [KMBT]\b)?)", out)[1] == get_human_readable_count(round(counted))
+
+
+def test_a_measured_model_summary_agrees_with_the_formula(tmp_path, capsys):
+    """Where Lightning does measure (one device), its count and the formula's stand within 2% of each other."""
+    fit(tmp_path, "--trainer.max_steps", "1", "--trainer.enable_model_summary", "true")
+    measured = re.search(r"Total FLOPs: (\S+(?: [KMBT]\b)?)", capsys.readouterr().out)[1]
+    counted = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)).flops_per_token(32) * 32
+    value, unit = measured.split()  # Lightning prints 3 significant digits: "104 M"
+    assert float(value) * {"K": 1e3, "M": 1e6, "B": 1e9}[unit] == pytest.approx(counted, rel=0.02)

@@ -6,11 +6,13 @@
 (b) greedy decoding of 128 new tokens after a 16-token prompt at the 124M shape, batch 1: float32, bfloat16
     weights and int8 weights (`gpt2_lightning.quantize`), with the weight bandwidth each achieves against this
     machine's measured memory-read bandwidth;
-(c) what bf16 and int8 change: held-out loss and greedy agreement with float32 on a briefly trained model.
+(c) what bf16 and int8 change: held-out loss and greedy agreement with float32 on a briefly trained model;
+(d) greedy decoding of a RoPE + GQA-4 + window-64 model at the 124M shape, eager and compiled: the rolling cache
+    wraps within the 128 new tokens, and the compiled step must keep serving every position (graphs counted).
 
 Both sides get the same inputs and targets. Timings interleave the contenders (these shared machines drift by
 ±15%) and report the median of `--repeats` runs with the spread (min–max).
-Usage: python benchmarks/bench_model.py [--threads 2] [--repeats 5]
+Usage: python benchmarks/bench_model.py [--threads 2] [--repeats 5] [--sections abcd]
 """
 
 from __future__ import annotations
@@ -148,6 +150,26 @@ def bench_decode(repeats: int, new_tokens: int = 128) -> list[tuple]:
     return [(name, [t / new_tokens for t in times[name]], contenders[name][1]) for name in contenders]
 
 
+def bench_windowed_decode(repeats: int, new_tokens: int = 128) -> tuple[list[tuple], float, int, bool]:
+    """(rows, first compiled call in s, graphs it compiled, identical tokens) for section (d)."""
+    config = GPTConfig(n_layer=12, n_head=12, n_embd=768, pos_encoding="rope", n_kv_head=4, sliding_window=64)
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    prompt = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(0))
+    eager_tokens = model.generate(prompt, new_tokens, temperature=0.0)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    start = time.perf_counter()
+    identical = torch.equal(model.generate(prompt, new_tokens, temperature=0.0, compile=True), eager_tokens)
+    first_call, graphs = time.perf_counter() - start, torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    contenders = {
+        "generate, float32": lambda: model.generate(prompt, new_tokens, temperature=0.0),
+        "generate(compile=True), float32": lambda: model.generate(prompt, new_tokens, temperature=0.0, compile=True),
+    }
+    times = interleaved_seconds(contenders, repeats)
+    return [(name, [t / new_tokens for t in times[name]]) for name in contenders], first_call, graphs, identical
+
+
 def quality(steps: int) -> list[tuple[str, float, float]]:
     """(variant, held-out loss, greedy agreement with float32) on a model trained briefly on the builtin corpus."""
     train, heldout = builtin_token_split()
@@ -170,6 +192,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quality-steps", type=int, default=300, help="training steps of the model (c) quantizes")
+    parser.add_argument("--sections", default="abcd", help="which of the sections (a)-(d) to run, e.g. bd")
     parser.add_argument("--peak-memory-of", choices=TRAIN_CONTENDERS, help=argparse.SUPPRESS)  # the subprocess
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -178,41 +201,55 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {args.threads} threads, medians of {args.repeats} interleaved runs (min–max)")
 
-    rows = bench_train_step(args.repeats, args.threads)
-    base_time, base_peak = statistics.median(rows[0][1]), rows[0][2]
-    print("\n(a) training step, 6 layers × 384, batch 4 × 256 (forward + backward)")
-    print("| implementation | ms / step | speed vs transformers | peak MB of the step | vs transformers |")
-    print("|---|---:|---:|---:|---:|")
-    for name, times, peak in rows:
-        print(f"| {name} | {spread(times, 1e3)} | {base_time / statistics.median(times):.2f}× | {peak:.0f} | "
-              f"{peak / base_peak:.2f}× |")
-    flops = 3 * twin_models(*TRAIN_SHAPE)[0].flops_per_token(256) * 4 * 256
-    floor = flops / measure_cpu_peak_flops()
-    print(f"matmul floor: {flops / 1e9:.0f} GFLOP per step at this CPU's measured matmul peak = {floor * 1e3:.0f} ms, "
-          f"so no implementation can run faster than {base_time / floor:.2f}× transformers here")
-    print("goals: eager >= 1.15×, compile: true >= 1.4×, peak memory <= 0.6× transformers'")
+    if "a" in args.sections:
+        rows = bench_train_step(args.repeats, args.threads)
+        base_time, base_peak = statistics.median(rows[0][1]), rows[0][2]
+        print("\n(a) training step, 6 layers × 384, batch 4 × 256 (forward + backward)")
+        print("| implementation | ms / step | speed vs transformers | peak MB of the step | vs transformers |")
+        print("|---|---:|---:|---:|---:|")
+        for name, times, peak in rows:
+            print(f"| {name} | {spread(times, 1e3)} | {base_time / statistics.median(times):.2f}× | {peak:.0f} | "
+                  f"{peak / base_peak:.2f}× |")
+        flops = 3 * twin_models(*TRAIN_SHAPE)[0].flops_per_token(256) * 4 * 256
+        floor = flops / measure_cpu_peak_flops()
+        print(f"matmul floor: {flops / 1e9:.0f} GFLOP per step at this CPU's measured matmul peak = "
+              f"{floor * 1e3:.0f} ms, so no implementation can run faster than {base_time / floor:.2f}× "
+              "transformers here")
+        print("goals: eager >= 1.15×, compile: true >= 1.4×, peak memory <= 0.6× transformers'")
 
-    bandwidth = memory_read_gbps()
-    rows = bench_decode(args.repeats)
-    base = statistics.median(rows[0][1])
-    print(f"\n(b) greedy decoding, 124M shape, batch 1, 16-token prompt + 128 new tokens; memory read "
-          f"{bandwidth:.1f} GB/s")
-    print("| implementation | ms / token | speed vs transformers | weights read / token | GB/s | of memory bandwidth |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, times, nbytes in rows:
-        seconds = statistics.median(times)
-        print(f"| {name} | {spread(times, 1e3)} | {base / seconds:.2f}× | {nbytes / 1e6:.0f} MB | "
-              f"{nbytes / seconds / 1e9:.1f} | {nbytes / seconds / 1e9 / bandwidth:.0%} |")
-    print("goals: float32 >= 1.5× with identical tokens (asserted above, eager and compiled), int8 >= 3× transformers' "
-          "float32")
+    if "b" in args.sections:
+        bandwidth = memory_read_gbps()
+        rows = bench_decode(args.repeats)
+        base = statistics.median(rows[0][1])
+        print(f"\n(b) greedy decoding, 124M shape, batch 1, 16-token prompt + 128 new tokens; memory read "
+              f"{bandwidth:.1f} GB/s")
+        print("| implementation | ms / token | speed vs transformers | weights read / token | GB/s "
+              "| of memory bandwidth |\n|---|---:|---:|---:|---:|---:|")
+        for name, times, nbytes in rows:
+            seconds = statistics.median(times)
+            print(f"| {name} | {spread(times, 1e3)} | {base / seconds:.2f}× | {nbytes / 1e6:.0f} MB | "
+                  f"{nbytes / seconds / 1e9:.1f} | {nbytes / seconds / 1e9 / bandwidth:.0%} |")
+        print("goals: float32 >= 1.5× with identical tokens (asserted above, eager and compiled), int8 >= 3× "
+              "transformers' float32")
 
-    print(f"\n(c) held-out loss, 4 layers × 128 trained {args.quality_steps} steps on the builtin corpus "
-          "(held out: its last 5%)")
-    print("| weights | held-out loss | vs float32 | greedy agreement with float32 |\n|---|---:|---:|---:|")
-    rows = quality(args.quality_steps)
-    for name, loss, agreement in rows:
-        print(f"| {name} | {loss:.4f} | {loss / rows[0][1] - 1:+.2%} | {agreement:.1%} |")
-    print("goal: int8 held-out loss within 1% of float32")
+    if "c" in args.sections:
+        print(f"\n(c) held-out loss, 4 layers × 128 trained {args.quality_steps} steps on the builtin corpus "
+              "(held out: its last 5%)")
+        print("| weights | held-out loss | vs float32 | greedy agreement with float32 |\n|---|---:|---:|---:|")
+        rows = quality(args.quality_steps)
+        for name, loss, agreement in rows:
+            print(f"| {name} | {loss:.4f} | {loss / rows[0][1] - 1:+.2%} | {agreement:.1%} |")
+        print("goal: int8 held-out loss within 1% of float32")
+
+    if "d" in args.sections:
+        rows, first_call, graphs, identical = bench_windowed_decode(args.repeats)
+        base = statistics.median(rows[0][1])
+        print("\n(d) greedy decoding, RoPE + GQA-4 + window 64 at the 124M shape, batch 1, 16-token prompt + 128 new "
+              f"tokens; the first compiled call took {first_call:.1f} s and compiled {graphs} graphs; compiled "
+              f"tokens {'identical to' if identical else 'DIFFER from'} eager")
+        print("| implementation | ms / token | speed vs eager |\n|---|---:|---:|")
+        for name, times in rows:
+            print(f"| {name} | {spread(times, 1e3)} | {base / statistics.median(times):.2f}× |")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ TINY = [
 ]
 
 
+TINY_CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)  # the model TINY trains
+
+
 def fit(root, *extra):
     main(["fit", *TINY, "--trainer.default_root_dir", str(root), *extra])
 
@@ -36,7 +39,7 @@ def test_fit_logs_every_metric_and_the_loss_falls(tmp_path, capsys):
     # the throughput monitor's window (10 batches) fills at step 10: tokens/s and MFU from then on
     tokens, mfu = scalars(tmp_path, "train/device/items_per_sec"), scalars(tmp_path, "train/device/mfu")
     assert min(tokens) == min(mfu) <= 10 and all(v > 0 for v in tokens.values())
-    flops_per_token = 3 * GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)).flops_per_token(32)
+    flops_per_token = 3 * GPT(TINY_CONFIG).flops_per_token(32)
     for step, rate in tokens.items():  # MFU = tokens/s × training FLOPs per token / the stated peak
         assert mfu[step] == pytest.approx(rate * flops_per_token / 1e11, rel=1e-4)
     assert scalars(tmp_path, "system/peak_flops") == {0: pytest.approx(1e11, rel=1e-6)}  # float32 in TensorBoard
@@ -245,20 +248,22 @@ def test_weight_decay_only_on_matrices():
                      "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_proj.weight"}
 
 
+def summary_total_flops(root, capsys) -> str:
+    """The total FLOPs the model summary of a one-step fit prints ("104 M")."""
+    fit(root, "--trainer.max_steps", "1", "--trainer.enable_model_summary", "true")
+    return re.search(r"Total FLOPs: (\S+(?: [KMBT]\b)?)", capsys.readouterr().out)[1]
+
+
 def test_the_model_summary_counts_flops_where_lightning_cannot_measure_them(tmp_path, capsys, monkeypatch):
     """With several ranks the module sets no example input (a forward on rank 0 alone would hang), so Lightning's
     summary measured nothing and printed 'Total FLOPs: 0'; the formula's count for one sequence stands in."""
     monkeypatch.setattr(GPT2LightningModule, "setup", lambda self, stage: None)  # as on every multi-rank run
-    fit(tmp_path, "--trainer.max_steps", "1", "--trainer.enable_model_summary", "true")
-    out = capsys.readouterr().out
-    counted = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)).flops_per_token(32) * 32
-    assert re.search(r"Total FLOPs: (\S+(?: [KMBT]\b)?)", out)[1] == get_human_readable_count(round(counted))
+    counted = GPT(TINY_CONFIG).flops_per_token(32) * 32
+    assert summary_total_flops(tmp_path, capsys) == get_human_readable_count(round(counted))
 
 
 def test_a_measured_model_summary_agrees_with_the_formula(tmp_path, capsys):
     """Where Lightning does measure (one device), its count and the formula's stand within 2% of each other."""
-    fit(tmp_path, "--trainer.max_steps", "1", "--trainer.enable_model_summary", "true")
-    measured = re.search(r"Total FLOPs: (\S+(?: [KMBT]\b)?)", capsys.readouterr().out)[1]
-    counted = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)).flops_per_token(32) * 32
-    value, unit = measured.split()  # Lightning prints 3 significant digits: "104 M"
+    counted = GPT(TINY_CONFIG).flops_per_token(32) * 32
+    value, unit = summary_total_flops(tmp_path, capsys).split()  # Lightning prints 3 significant digits: "104 M"
     assert float(value) * {"K": 1e3, "M": 1e6, "B": 1e9}[unit] == pytest.approx(counted, rel=0.02)

@@ -29,12 +29,14 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gpt2_lightning.checkpoints import load_state_dict_strict
-from gpt2_lightning.hf import state_dict_from_hf
+from gpt2_lightning.checkpoints.hf import state_dict_from_hf
+from gpt2_lightning.checkpoints.strict import load_state_dict_strict
+from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.generate import Sampling, generate
 from gpt2_lightning.measure import builtin_token_split, heldout_quality, peak_rss_rise_mb, train_briefly
-from gpt2_lightning.model import GPT, GPTConfig
+from gpt2_lightning.model import GPT
 from gpt2_lightning.quantize import quantize_weights
-from gpt2_lightning.training import measure_cpu_peak_flops
+from gpt2_lightning.train.callbacks import measure_cpu_peak_flops
 
 TRAIN_SHAPE = (6, 6, 384)  # n_layer, n_head, n_embd
 TRAIN_CONTENDERS = ["transformers GPT2LMHeadModel", "gpt2-lightning GPT.loss (eager)",
@@ -130,20 +132,20 @@ def bench_decode(repeats: int, new_tokens: int = 128) -> list[tuple]:
     def hf():
         return theirs.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
-    assert torch.equal(ours.generate(prompt, new_tokens, temperature=0.0), hf()), "float32 greedy tokens differ"
+    assert torch.equal(generate(ours, prompt, new_tokens, Sampling(temperature=0.0)), hf()), "float32 greedy tokens differ"
     start = time.perf_counter()
-    compiled_tokens = ours.generate(prompt, new_tokens, temperature=0.0, compile=True)
+    compiled_tokens = generate(ours, prompt, new_tokens, Sampling(temperature=0.0), compile=True)
     print(f"  generate(compile=True), first call (compiling): {time.perf_counter() - start:.1f} s (not counted below)")
     assert torch.equal(compiled_tokens, hf()), "compiled float32 greedy tokens differ"
     contenders = {
         "transformers generate, float32": (hf, weight_bytes_per_token(ours)),
-        "gpt2-lightning generate, float32": (lambda: ours.generate(prompt, new_tokens, temperature=0.0),
+        "gpt2-lightning generate, float32": (lambda: generate(ours, prompt, new_tokens, Sampling(temperature=0.0)),
                                              weight_bytes_per_token(ours)),
         "gpt2-lightning generate(compile=True), float32": (
-            lambda: ours.generate(prompt, new_tokens, temperature=0.0, compile=True), weight_bytes_per_token(ours)),
-        "gpt2-lightning generate, bfloat16 weights": (lambda: bf16.generate(prompt, new_tokens, temperature=0.0),
+            lambda: generate(ours, prompt, new_tokens, Sampling(temperature=0.0), compile=True), weight_bytes_per_token(ours)),
+        "gpt2-lightning generate, bfloat16 weights": (lambda: generate(bf16, prompt, new_tokens, Sampling(temperature=0.0)),
                                                       weight_bytes_per_token(bf16)),
-        "gpt2-lightning generate, int8 weights": (lambda: int8.generate(prompt, new_tokens, temperature=0.0),
+        "gpt2-lightning generate, int8 weights": (lambda: generate(int8, prompt, new_tokens, Sampling(temperature=0.0)),
                                                   weight_bytes_per_token(int8)),
     }
     times = interleaved_seconds({name: fn for name, (fn, _) in contenders.items()}, repeats)
@@ -156,15 +158,15 @@ def bench_windowed_decode(repeats: int, new_tokens: int = 128) -> tuple[list[tup
     torch.manual_seed(0)
     model = GPT(config).eval()
     prompt = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(0))
-    eager_tokens = model.generate(prompt, new_tokens, temperature=0.0)
+    eager_tokens = generate(model, prompt, new_tokens, Sampling(temperature=0.0))
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     start = time.perf_counter()
-    identical = torch.equal(model.generate(prompt, new_tokens, temperature=0.0, compile=True), eager_tokens)
+    identical = torch.equal(generate(model, prompt, new_tokens, Sampling(temperature=0.0), compile=True), eager_tokens)
     first_call, graphs = time.perf_counter() - start, torch._dynamo.utils.counters["stats"]["unique_graphs"]
     contenders = {
-        "generate, float32": lambda: model.generate(prompt, new_tokens, temperature=0.0),
-        "generate(compile=True), float32": lambda: model.generate(prompt, new_tokens, temperature=0.0, compile=True),
+        "generate, float32": lambda: generate(model, prompt, new_tokens, Sampling(temperature=0.0)),
+        "generate(compile=True), float32": lambda: generate(model, prompt, new_tokens, Sampling(temperature=0.0), compile=True),
     }
     times = interleaved_seconds(contenders, repeats)
     return [(name, [t / new_tokens for t in times[name]]) for name in contenders], first_call, graphs, identical

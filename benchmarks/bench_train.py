@@ -14,10 +14,10 @@ import time
 import lightning as L
 import torch
 
+from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.data import GPT2DataModule
-from gpt2_lightning.model import GPTConfig
-from gpt2_lightning.module import GPT2LightningModule
-from gpt2_lightning.training import measure_cpu_peak_flops
+from gpt2_lightning.train.callbacks import measure_cpu_peak_flops
+from gpt2_lightning.train.module import GPT2LightningModule
 
 
 class StepTimes(L.Callback):

@@ -24,11 +24,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_data import generate  # noqa: E402  (the same synthetic corpus as the data benchmark)
+from bench_data import generate as generate_corpus  # noqa: E402  (the same synthetic corpus as the data benchmark)
 
 from gpt2_lightning.attention import attention  # noqa: E402
+from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.generate import Sampling, generate  # noqa: E402
 from gpt2_lightning.measure import logged_scalars as scalars  # noqa: E402
-from gpt2_lightning.model import GPT, GPTConfig  # noqa: E402
+from gpt2_lightning.model import GPT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS: list[tuple[str, str, str, str]] = []  # (check, measured, goal, status)
@@ -50,7 +52,7 @@ def cli(*args: str, log: Path) -> None:
 
 
 def data_args(workdir: Path) -> list[str]:
-    corpus = generate(workdir / "corpus.jsonl", 40)  # ~9M tokens: 300 steps of 12 × 1024 read ~3.7M
+    corpus = generate_corpus(workdir / "corpus.jsonl", 40)  # ~9M tokens: 300 steps of 12 × 1024 read ~3.7M
     return ["--data.source", "files", "--data.paths", str(corpus), "--data.cache_dir", str(workdir / "cache"),
             "--data.val_size", "0.01", "--trainer.limit_val_batches", "0", "--trainer.accumulate_grad_batches", "1",
             "--trainer.log_every_n_steps", "5"]
@@ -125,12 +127,12 @@ def check_decode(new_tokens: int = 256) -> None:
     prompt = torch.randint(0, 50257, (1, 16), device="cuda")
     for dtype in (torch.float32, torch.bfloat16):
         model.to(dtype)
-        model.generate(prompt, 8, temperature=0.0)  # warm-up
+        generate(model, prompt, 8, Sampling(temperature=0.0))  # warm-up
         torch.cuda.synchronize()
         times = []
         for _ in range(3):
             start = time.perf_counter()
-            model.generate(prompt, new_tokens, temperature=0.0)
+            generate(model, prompt, new_tokens, Sampling(temperature=0.0))
             torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         row(f"greedy decode, 124M, batch 1, {str(dtype).removeprefix('torch.')}",

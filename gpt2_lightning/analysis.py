@@ -29,16 +29,28 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from gpt2_lightning.checkpoints import save_pretrained
+from gpt2_lightning.checkpoints import load, save
+from gpt2_lightning.checkpoints.convert import mha_to_gqa
+from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.english import CompactData, fetch_reference_corpus, last_word_passages
 from gpt2_lightning.errors import UsageError
 from gpt2_lightning.experiment import train_quietly
 from gpt2_lightning.files import write_atomically
+from gpt2_lightning.generate import Sampling, sample_next_token
 from gpt2_lightning.measure import attention_point, decode_tokens_per_sec
-from gpt2_lightning.model import GPT, GPTConfig, mha_to_gqa, sample_next_token
-from gpt2_lightning.module import GPT2LightningModule
-from gpt2_lightning.probes import (AccuracyCurve, AssociativeRecall, Passkey, ProbeModel, RepeatedSegments,
-                                   accuracy, eval_generator, steps_to, train_probe)
+from gpt2_lightning.model import GPT
+from gpt2_lightning.probes import (
+    AccuracyCurve,
+    AssociativeRecall,
+    Passkey,
+    ProbeModel,
+    RepeatedSegments,
+    accuracy,
+    eval_generator,
+    steps_to,
+    train_probe,
+)
+from gpt2_lightning.train.module import GPT2LightningModule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -575,7 +587,7 @@ def train_lm(budget: Budget, config: GPTConfig, seed: int, steps: int, out: Path
     train_quietly(module, data, steps, val_check_interval=max(1, steps // 8), check_val_every_n_epoch=None,
                   limit_val_batches=budget.eval_batches, callbacks=[curve])
     elapsed = time.perf_counter() - started
-    save_pretrained(module.model, out)
+    save(module.model, out, format="native")
     return {"curve": curve.points, "tokens_per_sec": steps * budget.batch_size * budget.block_size / elapsed}
 
 
@@ -677,7 +689,7 @@ def sample_without_rare(model: GPT, ids: torch.Tensor, new: int, rare: int, gene
     for _ in range(new):
         logits = model(ids)[:, -1]
         logits[:, rare] = logits.min(dim=-1).values - 1.0  # the lowest: top-k never keeps it
-        ids = torch.cat([ids, sample_next_token(logits, 0.8, 40, generator=generator)[:, None]], dim=1)
+        ids = torch.cat([ids, sample_next_token(logits, Sampling(temperature=0.8, top_k=40, generator=generator))[:, None]], dim=1)
     return ids
 
 
@@ -690,7 +702,7 @@ def contextual(budget: Budget, results: dict[str, list[dict]], quality: dict) ->
     for name, per_seed in results.items():
         full, local = [], []
         for r in per_seed:
-            model = GPT.from_pretrained(r["weights"]).eval()
+            model = load(r["weights"]).eval()
             full.append(_answer_scores(model, inputs, answers))
             local.append(_answer_scores(model, inputs[:, -LOCAL_CONTEXT:], answers))
         gains[name] = [f[1] - lo[1] for f, lo in zip(full, local)]
@@ -704,7 +716,7 @@ def contextual(budget: Budget, results: dict[str, list[dict]], quality: dict) ->
         ids = data.vocab.encode(prompt)[None]
         cells = [f"*{prompt}*"]
         for name, per_seed in results.items():
-            model = GPT.from_pretrained(per_seed[0]["weights"]).eval()
+            model = load(per_seed[0]["weights"]).eval()
             new = min(40, budget.block_size - ids.size(1))
             out = sample_without_rare(model, ids, new, data.vocab.rare, torch.Generator().manual_seed(0))
             cells.append(data.vocab.decode(out[0, ids.size(1):]).replace("\n", " ").replace("|", "/").strip())
@@ -736,7 +748,7 @@ def extrapolation(budget: Budget, results: dict[str, list[dict]]) -> tuple[str, 
     rows, losses = [], {}
     datas = {f: lm_data(budget, budget.seeds[0], f * budget.block_size) for f in (1, 2, 4)}
     for name, per_seed in results.items():
-        model = GPT.from_pretrained(per_seed[0]["weights"]).eval()
+        model = load(per_seed[0]["weights"]).eval()
         cells = [name]
         for factor, data in datas.items():
             try:
@@ -766,8 +778,8 @@ loss.
 def gqa_from_pretrained(budget: Budget, results: dict[str, list[dict]], runs: Path) -> tuple[str, dict]:
     seed = budget.seeds[0]
     data = lm_data(budget, seed)
-    mha = GPT.from_pretrained(results["baseline"][0]["weights"]).eval()
-    converted_dir = save_pretrained(mha_to_gqa(mha, 2), runs / "baseline-as-gqa2")
+    mha = load(results["baseline"][0]["weights"]).eval()
+    converted_dir = save(mha_to_gqa(mha, 2), runs / "baseline-as-gqa2")
     config = lm_config(budget, {"n_kv_head": 2})
     n = budget.eval_batches
     uptrained, scratch = runs / "gqa2-uptrained", runs / "gqa2-scratch-short"
@@ -776,9 +788,9 @@ def gqa_from_pretrained(budget: Budget, results: dict[str, list[dict]], runs: Pa
                             learning_rate=UPTRAIN_LR), uptrained)
     cached(runs, scratch.name, _lm_spec(budget, config, budget.uptrain_steps, seed=seed),
            lambda: train_lm(budget, config, seed, budget.uptrain_steps, scratch), scratch)
-    values = {"mha": eval_loss(mha, data, n), "converted": eval_loss(GPT.from_pretrained(converted_dir), data, n),
-              "uptrained": eval_loss(GPT.from_pretrained(uptrained).eval(), data, n),
-              "scratch": eval_loss(GPT.from_pretrained(scratch).eval(), data, n)}
+    values = {"mha": eval_loss(mha, data, n), "converted": eval_loss(load(converted_dir), data, n),
+              "uptrained": eval_loss(load(uptrained).eval(), data, n),
+              "scratch": eval_loss(load(scratch).eval(), data, n)}
     rows = [[f"MHA baseline ({budget.steps} steps)", f"{values['mha']:.3f}"],
             ["mha_to_gqa(baseline, 2), no training", f"{values['converted']:.3f}"],
             [f"… + {budget.uptrain_steps} uptraining steps", f"{values['uptrained']:.3f}"],

@@ -1,4 +1,4 @@
-"""The attention computation every variant shares, its written-out reference, and the KV cache.
+"""The attention computation every variant shares, and its written-out reference.
 
 Conventions (see docs/variants.md):
 - Queries are the last T of the S key positions (the first S - T come from a KV cache), so query i sits at
@@ -139,73 +139,3 @@ def reference_attention(
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, S)
     scores = scores.masked_fill(~visible_mask(q.size(2), k.size(2), window, q.device), float("-inf"))
     return scores.softmax(dim=-1) @ v  # (B, nh, T, hs)
-
-
-class KVCache:
-    """Keys and values of every layer, preallocated so decoding never reallocates.
-
-    `k` and `v` have shape (n_layer, B, nkv, slots, hs): only the key/value heads are stored, so a GQA cache is
-    n_kv_head / n_head the size of MHA's. Without a window there is a slot per position (`max_len`). With a
-    sliding window w < max_len the cache is a rolling buffer of w slots — position p lives in slot p % w —
-    so decoding memory stays bounded however long the text gets.
-    """
-
-    def __init__(
-        self,
-        n_layer: int,
-        batch_size: int,
-        n_kv_head: int,
-        head_dim: int,
-        max_len: int,
-        window: int | None = None,
-        device=None,
-        dtype=None,
-    ) -> None:
-        self.slots = min(window, max_len) if window is not None else max_len
-        shape = (n_layer, batch_size, n_kv_head, self.slots, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
-        self.pos = 0  # positions [0, pos) have been written; `update` advances it at the last layer
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store (B, nkv, T, hs) new keys/values at positions [pos, pos+T) and return what attention needs.
-
-        Returned (B, nkv, S, hs): the new positions last, preceded by the cached ones a query may still see.
-        The one exception, a single new token in a rolling buffer, returns the buffer in slot order: it
-        sees every slot, and attention does not depend on the order of the keys.
-        """
-        start, T = self.pos, k.size(2)
-        end = start + T
-        if end > self.max_len:
-            raise ValueError(f"KVCache holds {self.max_len} positions; writing up to position {end} overflows it")
-        keys, values = self._write(layer, k, v, start, end)
-        if layer == self.k.size(0) - 1:  # every layer has the new positions: the sequence moves on
-            self.pos = end
-        return keys, values
-
-    def _write(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int, end: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        T = end - start
-        k_layer, v_layer = self.k[layer], self.v[layer]  # (B, nkv, slots, hs)
-        if self.slots == self.max_len:  # a slot per position: positions are slots
-            k_layer[:, :, start:end], v_layer[:, :, start:end] = k, v
-            return k_layer[:, :, :end], v_layer[:, :, :end]
-        # Tensor indices, not Python ints, so that a compiled decoding step serves every position (an int slot
-        # would specialize the graph to it: a recompile per step until torch.compile gives up).
-        kept = min(T, self.slots)  # only the last `slots` new positions can still be seen later
-        written = torch.arange(end - kept, end, device=k.device) % self.slots
-        if T == 1:  # the new token sees every filled slot, in slot order: attention does not depend on key order
-            k_layer[:, :, written], v_layer[:, :, written] = k, v
-            filled = min(end, self.slots)
-            return k_layer[:, :, :filled], v_layer[:, :, :filled]
-        previous = torch.arange(start - min(start, self.slots), start, device=k.device) % self.slots
-        keys = torch.cat([k_layer[:, :, previous], k], dim=2)  # (B, nkv, S, hs) in position order
-        values = torch.cat([v_layer[:, :, previous], v], dim=2)
-        k_layer[:, :, written], v_layer[:, :, written] = k[:, :, -kept:], v[:, :, -kept:]
-        return keys, values
-
-    @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes

@@ -1,55 +1,68 @@
-"""The `gpt2-lightning` command.
+"""The `gpt2-lightning` command: one table of subcommands (`COMMANDS`), each parsed by jsonargparse.
 
-`fit | validate | test | predict` are LightningCLI (configs under configs/); `prepare` tokenizes a config's data
-ahead of training (fit does it too, on first use); `generate` prints text from a
-checkpoint, `download` fetches OpenAI's weights, `convert` re-saves a checkpoint (optionally as grouped-query
-attention), `analyze` writes docs/analysis.md.
+- `fit | validate | test | predict`: LightningCLI over `GPT2LightningModule` and `GPT2DataModule`, from YAML
+  configs (configs/), starting from the embedded quickstart config.
+- `prepare`: fit's parser and configs, only the data module built, to tokenize a corpus ahead of training.
+- `generate | download | convert | analyze`: typed functions below; their docstrings are their help, and each
+  takes `--config FILE.yaml` and `--print_config` like the training commands.
+
+Bad input (`UsageError`) ends in one line that says what to change; any other exception is a bug and keeps its
+traceback. Run policy (the run lock, refusals, vetting) lives in `gpt2_lightning.train.run_dir`; this module wires.
 """
 
 from __future__ import annotations
 
-import argparse
 import codecs
+import difflib
 import errno
-import logging
-import os
+import inspect
 import sys
 import time
-import warnings
-from collections.abc import Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
+from jsonargparse import CLI
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from gpt2_lightning.checkpoints import is_lightning_checkpoint, save_pretrained
+from gpt2_lightning.checkpoints import load, save
+from gpt2_lightning.checkpoints.convert import mha_to_gqa
 from gpt2_lightning.data import GPT2DataModule
-from gpt2_lightning.errors import CheckpointError, UsageError
-from gpt2_lightning.hf import HUB_MODELS, download, save_hf
-from gpt2_lightning.model import GPT, mha_to_gqa
-from gpt2_lightning.module import GPT2LightningModule, load_trained_model
+from gpt2_lightning.errors import UsageError
+from gpt2_lightning.generate import Sampling, generate_stream
+from gpt2_lightning.hub import download as fetch
 from gpt2_lightning.quantize import QUANTIZATIONS, quantize_weights
 from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer
-from gpt2_lightning.training import (
+from gpt2_lightning.train.callbacks import (
     PREEMPTED_EXIT_STATUS,
-    AtomicCheckpointIO,
-    ConsoleLog,
     LoggedStepIsOptimizerStep,
     PreemptionCheckpoint,
-    RunError,
-    RunLock,
     StepCheckpoint,
-    StepProgressBar,
     TokenThroughput,
-    check_distributed_checkpoint,
-    count_summary_flops,
-    is_launching_process,
-    recover_sharded_checkpoint,
 )
+from gpt2_lightning.train.checkpoint_io import AtomicCheckpointIO
+from gpt2_lightning.train.console import ConsoleLog, StepProgressBar, print_sample, quiet_lightning
+from gpt2_lightning.train.lightning_compat import CommandLineOverCheckpoint
+from gpt2_lightning.train.module import GPT2LightningModule
+from gpt2_lightning.train.run_dir import (
+    LAST,
+    checkpoint_to_load,
+    prepare_fit,
+    resume_without_init_from,
+    vet_checkpoint_to_load,
+)
+
+DESCRIPTION = "A hand-written GPT-2: train it from YAML configs, sample from it, convert and analyse checkpoints."
+QUICKSTART = Path(__file__).parent / "quickstart.yaml"  # the embedded default every Lightning command starts from
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+# ---- generate, download, convert, analyze: typed functions, docstrings as help ----------------------------------
 
 
 def pick_device(name: str) -> torch.device:
@@ -69,172 +82,180 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def load_any(name_or_path: str) -> GPT:
-    """What `--checkpoint` accepts: a Lightning checkpoint `fit` wrote, else whatever GPT.from_pretrained reads."""
-    if is_lightning_checkpoint(Path(name_or_path)):
-        return load_trained_model(name_or_path)
-    return GPT.from_pretrained(name_or_path)
+def generate(
+    *,
+    checkpoint: str = "gpt2",
+    prompt: str = "Hello, I'm a language model,",
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    top_p: float | None = None,
+    seed: int = 1337,
+    num_samples: int = 1,
+    device: str = "auto",
+    compile: bool = False,
+    dtype: Literal["float32", "bfloat16"] | None = None,
+    quantize: Literal[QUANTIZATIONS] | None = None,
+) -> None:
+    """Continue a prompt, printing the text as it is produced.
 
-
-def run_generate(args: argparse.Namespace) -> None:
-    if args.num_samples < 1 or args.max_new_tokens < 1:
-        raise UsageError(f"--num-samples and --max-new-tokens must be >= 1, got {args.num_samples} and "
-                         f"{args.max_new_tokens}")
-    device = pick_device(args.device)
-    if args.quantize is not None and args.dtype == "float32":
-        raise UsageError(f"--quantize {args.quantize} runs with bfloat16 activations; drop --dtype float32")
-    model = load_any(args.checkpoint).to(device)
+    Args:
+        checkpoint: a hub id (gpt2, gpt2-medium, ...), a checkpoint directory (config.json + model.safetensors) or
+            a Lightning .ckpt file or sharded checkpoint directory.
+        prompt: the text to continue.
+        max_new_tokens: tokens to add to each sample (at most).
+        temperature: sampling temperature; 0 is greedy decoding.
+        top_k: sample from the k most likely tokens only.
+        top_p: sample from the smallest set of tokens whose probability reaches p (nucleus sampling).
+        seed: the sampling generator's seed.
+        num_samples: independent continuations of the prompt.
+        device: auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.
+        compile: decode through torch.compile: faster per token after a first compile of tens of seconds, so it
+            pays on long outputs (docs/performance.md).
+        dtype: the weights' dtype; unset means float32 (bfloat16 with --quantize). bfloat16 halves the bytes each
+            token reads (docs/performance.md).
+        quantize: decode with int8 weights (torchao, weight-only, bfloat16 activations; speed and held-out loss in
+            docs/performance.md).
+    """
+    if num_samples < 1 or max_new_tokens < 1:
+        raise UsageError(f"--num-samples and --max-new-tokens must be >= 1, got {num_samples} and {max_new_tokens}")
+    target = pick_device(device)
+    if quantize is not None and dtype == "float32":
+        raise UsageError(f"--quantize {quantize} runs with bfloat16 activations; drop --dtype float32")
+    model = load(checkpoint).to(target)
     n_params = model.num_params()
-    if args.quantize is not None:
-        model = quantize_weights(model, args.quantize)
-    elif args.dtype == "bfloat16":
+    if quantize is not None:
+        model = quantize_weights(model, quantize)
+    elif dtype == "bfloat16":
         model = model.to(torch.bfloat16)
     tokenizer = get_tokenizer()
-    prompt_ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [EOT_ID]
-    input_ids = torch.tensor([prompt_ids], device=device)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    input_ids = torch.tensor([tokenizer.encode(prompt, allowed_special={"<|endoftext|>"}) or [EOT_ID]], device=target)
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=EOT_ID,
+                        generator=torch.Generator(device=target).manual_seed(seed))
     started, produced = time.perf_counter(), 0
-    for sample in range(args.num_samples):
+    for sample in range(num_samples):
         if sample:
             print("\n" + "-" * 40)
-        print(args.prompt, end="", flush=True)
+        print(prompt, end="", flush=True)
         # A character may span several tokens: decode bytes incrementally and print whole characters only.
         text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stream = model.generate_stream(
-            input_ids,
-            args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            eos_token_id=EOT_ID,
-            generator=generator,
-            compile=args.compile,
-        )
-        for token in stream:
+        for token in generate_stream(model, input_ids, max_new_tokens, sampling, compile=compile):
             produced += 1
             if token.item() == EOT_ID:
                 break
             print(text.decode(tokenizer.decode_single_token_bytes(token.item())), end="", flush=True)
         print(text.decode(b"", final=True))
     seconds = time.perf_counter() - started
-    weights = f"{args.quantize} weights" if args.quantize else args.dtype or "float32"
-    print(f"[{args.num_samples} sample(s), {produced} new tokens in {seconds:.1f} s "
-          f"({produced / seconds:.1f} tokens/s) from {args.checkpoint} ({n_params:,} parameters, {weights}) "
-          f"on {device}, seed {args.seed}]",
-          file=sys.stderr)
+    weights = f"{quantize} weights" if quantize else dtype or "float32"
+    print(f"[{num_samples} sample(s), {produced} new tokens in {seconds:.1f} s ({produced / seconds:.1f} tokens/s) "
+          f"from {checkpoint} ({n_params:,} parameters, {weights}) on {target}, seed {seed}]", file=sys.stderr)
 
 
-def run_download(args: argparse.Namespace) -> None:
-    path = download(args.name, args.dir)
-    print(f"{args.name}: config.json and model.safetensors in {path}")
+def download(name: str, *, dir: str | None = None) -> None:
+    """Fetch OpenAI's GPT-2 weights from the Hugging Face Hub.
+
+    Args:
+        name: one of gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a hub repo id owner/name.
+        dir: the target directory (default: checkpoints/<name>).
+    """
+    path = fetch(name, dir)
+    print(f"{name}: config.json and model.safetensors in {path}")
 
 
-def run_convert(args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    if out.is_file() or (out.is_dir() and any(out.iterdir())):
-        raise UsageError(f"--out {out} already exists and is not an empty directory; choose a new directory")
-    model = load_any(args.checkpoint)
+def convert(*, checkpoint: str, out: str, n_kv_head: int | None = None) -> None:
+    """Re-save any checkpoint (a Lightning .ckpt, sharded or not, included) as one directory, optionally turning
+    multi-head attention into grouped-query attention.
+
+    Args:
+        checkpoint: a hub id, checkpoint directory or Lightning .ckpt.
+        out: the directory to write config.json + model.safetensors to (new or empty).
+        n_kv_head: key/value heads to convert to (divides n_head).
+    """
+    target = Path(out)
+    if target.is_file() or (target.is_dir() and any(target.iterdir())):
+        raise UsageError(f"--out {target} already exists and is not an empty directory; choose a new directory")
+    model = load(checkpoint)
     before = model.num_params()
-    if args.n_kv_head is not None:
-        model = mha_to_gqa(model, args.n_kv_head)
+    if n_kv_head is not None:
+        model = mha_to_gqa(model, n_kv_head)
     # plain GPT-2 goes out in transformers' format (readable by both); any variant in this package's own
-    save = save_pretrained if model.config.departures_from_gpt2() else save_hf
-    save(model, args.out)
-    if args.n_kv_head is None:
+    as_hf = not model.config.departures_from_gpt2()
+    save(model, out)
+    if n_kv_head is None:
         change = f"re-saved unchanged ({before:,} parameters)"
     elif model.num_params() == before:
-        change = f"already {args.n_kv_head} key/value heads: nothing to convert, re-saved ({before:,} parameters)"
+        change = f"already {n_kv_head} key/value heads: nothing to convert, re-saved ({before:,} parameters)"
     else:
-        change = (f"n_kv_head={args.n_kv_head}: key/value heads mean-pooled per group, {before:,} → "
+        change = (f"n_kv_head={n_kv_head}: key/value heads mean-pooled per group, {before:,} → "
                   f"{model.num_params():,} parameters")
-    print(f"{args.checkpoint}: {change}, in {'transformers' if save is save_hf else 'this package'}'s format, to {args.out}")
+    print(f"{checkpoint}: {change}, in {'transformers' if as_hf else 'this package'}'s format, to {out}")
 
 
-def run_analyze(args: argparse.Namespace) -> None:
-    from gpt2_lightning.analysis import analyze  # needs matplotlib: pip install 'gpt2-lightning[analysis]'
+def analyze(*, budget: Literal["tiny", "small", "medium"] = "small", out: str = "docs",
+            runs: str = "runs/analysis") -> None:
+    """Measure, probe and train every attention variant; write docs/analysis.md and its plots.
 
-    print(f"wrote {analyze(args.budget, args.out, args.runs)}")
+    Args:
+        budget: tiny: a smoke test; small: <= 30 min on 2 CPU cores (docs/analysis.md); medium: <= 3 hours.
+        out: where analysis.md and img/ go.
+        runs: where each run's measurements and weights go (under <runs>/<budget>/; an interrupted analysis reuses
+            the runs it finished).
+    """
+    from gpt2_lightning.analysis import analyze as run_analysis  # needs the `analysis` extra (matplotlib, scipy)
 
-
-LIGHTNING_HELP = {
-    "fit": "train (or resume with --ckpt_path last) from YAML configs: --config configs/X.yaml, any key as --a.b.c",
-    "validate": "validation loss of a checkpoint (--ckpt_path) on the config's validation split",
-    "test": "test loss of a checkpoint (--ckpt_path) on the held-out split",
-    "predict": "next-token predictions of a checkpoint (--ckpt_path) for the held-out windows",
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpt2-lightning", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-
-    # listed for --help; main() hands these to LightningCLI (`gpt2-lightning fit --help` shows every option)
-    for name, help in LIGHTNING_HELP.items():
-        command(name, help + "; `gpt2-lightning " + name + " --help` lists every option")
-    command("prepare", "tokenize a config's training data once, ahead of fit: takes fit's --config and --data.* "
-            "arguments")
-
-    gen = command("generate", "continue a prompt, printing the text as it is produced")
-    gen.add_argument("--checkpoint", default="gpt2", help="a hub id (gpt2, gpt2-medium, ...), a checkpoint directory "
-                     "(config.json + model.safetensors) or a Lightning .ckpt file or sharded checkpoint directory")
-    gen.add_argument("--prompt", default="Hello, I'm a language model,", help="the text to continue")
-    gen.add_argument("--max-new-tokens", type=int, default=100, help="tokens to add to each sample (at most)")
-    gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 is greedy decoding")
-    gen.add_argument("--top-k", type=int, default=200, help="sample from the k most likely tokens only")
-    gen.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens whose "
-                     "probability reaches p (nucleus sampling)")
-    gen.add_argument("--seed", type=int, default=1337, help="the sampling generator's seed")
-    gen.add_argument("--num-samples", type=int, default=1, help="independent continuations of the prompt")
-    gen.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    gen.add_argument("--compile", action="store_true", help="decode through torch.compile: ~1.4× faster per token than "
-                     "eager on CPUs (1.7× transformers) after a first compile of ~45 s (pays on long outputs)")
-    gen.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="the weights' dtype; unset means float32 "
-                     "(bfloat16 with --quantize): bfloat16 halves the bytes each token reads, ~2× faster on CPUs")
-    gen.add_argument("--quantize", choices=QUANTIZATIONS, default=None, help="decode with int8 weights (torchao, weight-only, "
-                     "bf16 activations): ~3× faster on CPUs, held-out loss within 1%% (docs/performance.md)")
-    gen.set_defaults(run=run_generate)
-
-    dl = command("download", "fetch OpenAI's GPT-2 weights from the Hugging Face Hub")
-    dl.add_argument("name", help=f"one of {', '.join(HUB_MODELS)} or a hub repo id owner/name")
-    dl.add_argument("--dir", default=None, help="target directory (default: checkpoints/<name>)")
-    dl.set_defaults(run=run_download)
-
-    conv = command("convert", "re-save any checkpoint (a Lightning .ckpt, sharded or not, included) as one "
-                   "directory, optionally turning multi-head attention into grouped-query attention")
-    conv.add_argument("--checkpoint", required=True, help="hub id, checkpoint directory or Lightning .ckpt")
-    conv.add_argument("--n-kv-head", type=int, default=None, help="key/value heads to convert to (divides n_head)")
-    conv.add_argument("--out", required=True, help="directory to write config.json + model.safetensors to")
-    conv.set_defaults(run=run_convert)
-
-    ana = command("analyze", "measure, probe and train every attention variant; write docs/analysis.md and its "
-                  "plots")
-    ana.add_argument("--budget", choices=["tiny", "small", "medium"], default="small",
-                     help="tiny: a smoke test (seconds to a minute); small: <= 30 min on 2 CPU cores (docs/analysis.md); "
-                     "medium: <= 3 hours on 2 CPU cores")
-    ana.add_argument("--out", default="docs", help="where analysis.md and img/ go")
-    ana.add_argument("--runs", default="runs/analysis", help="where each run's measurements and weights go (under <runs>/<budget>/; an interrupted analysis "
-                     "reuses the runs it finished)")
-    ana.set_defaults(run=run_analyze)
-    return parser
+    print(f"wrote {run_analysis(budget, out, runs)}")
 
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-QUICKSTART = Path(__file__).parent / "quickstart.yaml"  # the embedded default every Lightning command starts from
+def _accept_legacy_spellings(function: Callable, argv: Sequence[str]) -> list[str]:
+    """The flags these commands took before jsonargparse: `--max-new-tokens` for `--max_new_tokens`, and a bare
+    boolean flag (`--compile`) for `--compile true`."""
+    flags = {name for name, p in inspect.signature(function).parameters.items() if p.annotation in (bool, "bool")}
+    words = []
+    for i, word in enumerate(argv):
+        if word.startswith("--") and word != "--":
+            name, sep, value = word[2:].partition("=")
+            word = "--" + name.replace("-", "_") + sep + value
+            if name.replace("-", "_") in flags and not sep and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+                words += [word, "true"]
+                continue
+        words.append(word)
+    return words
 
 
-class GPT2LightningCLI(LightningCLI):
-    """LightningCLI with the data's block_size tied to the model's and last.ckpt kept in a fixed place."""
+def run_function(name: str, function: Callable, argv: Sequence[str]) -> None:
+    """Parse `argv` into `function`'s typed parameters (jsonargparse) and call it."""
+    CLI(function, args=_accept_legacy_spellings(function, argv), prog=f"gpt2-lightning {name}")
+
+
+# ---- fit, validate, test, predict, prepare: LightningCLI ---------------------------------------------------------
+
+
+class GPT2LightningCLI(CommandLineOverCheckpoint, LightningCLI):
+    """LightningCLI with the data's block_size tied to the model's, last.ckpt kept in a fixed place, the run
+    callbacks installed, and the run directory's policy applied (`train.run_dir`) before anything is loaded.
+
+    `resources` holds what the command keeps until it ends (the run lock); the caller closes it.
+    """
+
+    def __init__(self, *args, resources: ExitStack, **kwargs) -> None:
+        self.resources = resources
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.config.block_size", "data.block_size")
         parser.add_lightning_class_args(StepCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 100,
                              "checkpoint.save_top_k": 0})
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("checkpoint") and config.checkpoint.dirpath is None:
+            # {default_root_dir}/checkpoints/last.ckpt, the same for every run, so `--ckpt_path last` finds it
+            config.checkpoint.dirpath = str(Path(config.trainer.default_root_dir or Path.cwd()) / "checkpoints")
+        if self.subcommand == "fit" and config.model.init_from is not None:
+            path = checkpoint_to_load(config.ckpt_path, self._last_path())
+            if path is not None and path.exists():
+                resume_without_init_from(config.model, path)
 
     def instantiate_classes(self) -> None:
         """Build the module, data and Trainer from the config. A value Lightning or torch rejects here (a strategy
@@ -253,7 +274,6 @@ class GPT2LightningCLI(LightningCLI):
         if self.subcommand == "fit":
             trainer.callbacks[:0] = [LoggedStepIsOptimizerStep(), PreemptionCheckpoint(self._last_path())]
             trainer.callbacks.append(TokenThroughput())
-            count_summary_flops(trainer)
             bar = trainer.progress_bar_callback
             if bar is not None:
                 trainer.callbacks.remove(bar)
@@ -264,228 +284,124 @@ class GPT2LightningCLI(LightningCLI):
         return trainer
 
     def _last_path(self) -> Path:
-        return self._last_checkpoint(self.config[self.subcommand])
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        return Path(config.checkpoint.dirpath) / LAST
 
-    @staticmethod
-    def _last_checkpoint(config) -> Path:
-        """{checkpoint.dirpath}/last.ckpt: where every run of a directory keeps its newest state."""
-        return Path(config.checkpoint.dirpath) / "last.ckpt"
+    def _vet_checkpoint_to_load(self) -> None:
+        config = self.config[self.subcommand]
+        path = checkpoint_to_load(config.ckpt_path, self._last_path())
+        vet_checkpoint_to_load(path, self.trainer, config.model.config.vocab_size)
 
-    def after_fit(self) -> None:
-        """Show what the model learned: a short sample from the trained weights, printed by rank 0 (a sharded model
-        is gathered first, every rank taking part)."""
-        trainer, module = self.trainer, self.model
-        if any(isinstance(c, PreemptionCheckpoint) and c.preempted for c in trainer.callbacks):
-            raise SIGTERMException()  # saved and stopped: exit as preempted, not as finished
-        model = module.model
-        if any(hasattr(p, "to_local") for p in model.parameters()):  # FSDP2: DTensors, gathered to one full copy
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            if not trainer.is_global_zero:
-                return
-            model = GPT(module.config)
-            model.load_state_dict(state)
-            model.to(module.device)
-        if not trainer.is_global_zero:
-            return
-        tokenizer = get_tokenizer()
-        prompt = torch.tensor([[EOT_ID]], device=module.device)
-        model = model.eval()
-        max_new = min(100, model.config.block_size - 1) if model.config.pos_encoding == "learned" else 100
-        out = model.generate(prompt, max_new, temperature=0.8, top_k=200, generator=torch.Generator(module.device).manual_seed(0))
-        print("\n--- sample from the trained model ---\n" + tokenizer.decode(out[0, 1:].tolist()) + "\n---")
-
-    @staticmethod
-    def _resume_without_init_from(config, path: Path) -> None:
-        """A resume takes every weight from its checkpoint, so `model.init_from` is not read (its source may be
-        gone): the architecture it gave is the checkpoint's, and config.yaml records that, with init_from null."""
-        try:
-            saved = torch.load(path / "meta.pt" if path.is_dir() else path, map_location="cpu", weights_only=True,
-                               mmap=not path.is_dir())["hyper_parameters"]["config"]
-        except Exception:
-            return  # the checks before fit name what is wrong with it
-        for key, value in saved.items():
-            config.model.config[key] = value
-        config.model.init_from = None
-
-    def _parse_ckpt_path(self) -> None:
-        """LightningCLI would overwrite the parsed config with the checkpoint's hyperparameters, so a resumed run
-        silently ignored the command line (and config.yaml recorded the checkpoint's values). Here the command
-        line stands, and the module refuses a resume whose architecture or optimisation settings differ."""
-
-    @staticmethod
-    def _checkpoint_to_load(config) -> Path | None:
-        """The checkpoint a command will load: --ckpt_path, with `last` the run directory's last.ckpt if any."""
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path is None:
-            return None
-        if ckpt_path == "last":
-            last = GPT2LightningCLI._last_checkpoint(config)
-            return last if last.exists() else None
-        return Path(ckpt_path)
-
-    def _check_checkpoint_to_load(self) -> None:
-        """Vet what will be loaded before Lightning does: a sharded checkpoint's index with the restricted
-        unpickler (torch.distributed.checkpoint would unpickle it freely), its strategy, a single file's integrity;
-        and a model whose vocabulary cannot hold GPT-2's token ids."""
-        vocab = self.config[self.subcommand].model.config.vocab_size
-        if vocab < EOT_ID + 1:
-            raise RunError(f"model.config.vocab_size={vocab} cannot hold the GPT-2 token ids the data is encoded "
-                           f"with (0 … {EOT_ID}); set it >= {EOT_ID + 1}")
-        path = self._checkpoint_to_load(self.config[self.subcommand])
-        if path is None or not path.exists():
-            return  # Lightning reports a missing explicit path; `last` with nothing there starts fresh
-        if path.is_dir():
-            check_distributed_checkpoint(path)
-            if not isinstance(self.trainer.strategy, ModelParallelStrategy):
-                raise RunError(
-                    f"{path} is a sharded (FSDP) checkpoint; resume it with --config configs/fsdp.yaml on the same "
-                    "number of devices, or gather it (gpt2-lightning convert --checkpoint ... --out DIR) and start "
-                    "a new run from it with model.init_from=DIR"
-                )
-            return
-        try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:
-            raise CheckpointError(
-                f"{path} is truncated or corrupt ({type(err).__name__}: {str(err).splitlines()[0][:120]}); resume from "
-                "another checkpoint, or start a new run"
-            ) from None
-
-    before_validate = before_test = before_predict = _check_checkpoint_to_load
+    before_validate = before_test = before_predict = _vet_checkpoint_to_load
 
     def before_fit(self) -> None:
-        """One run per directory, and `last` always this directory's newest state: take the run lock, finish or
-        discard an interrupted sharded save, refuse a fresh run where one already left checkpoints."""
-        global _run_lock
-        last = self._last_path()
-        strategy = self.trainer.strategy
-        if isinstance(strategy, ModelParallelStrategy):
-            dp, tp = strategy._data_parallel_size, strategy._tensor_parallel_size
-            world = self.trainer.num_devices * self.trainer.num_nodes
-            if "auto" not in (dp, tp) and dp * tp != world:
-                raise RunError(
-                    f"the strategy splits data_parallel_size={dp} × tensor_parallel_size={tp} = {dp * tp} ways, but "
-                    f"the run has {world} devices (trainer.devices × trainer.num_nodes); set "
-                    f"--trainer.strategy.init_args.data_parallel_size {world // tp if world % tp == 0 else world}"
-                )
-        if is_launching_process():
-            _run_lock = RunLock(last.parent)
-            _run_lock.acquire()
-            recover_sharded_checkpoint(last)
-        config = self.config[self.subcommand]
-        if config.ckpt_path is None and any(last.parent.glob("last*.ckpt")):
-            raise RunError(
-                f"{last.parent} already holds a run's checkpoints: pass --ckpt_path last to continue that run, or "
-                "another --trainer.default_root_dir for a new one"
-            )
-        self._check_checkpoint_to_load()
+        config = self.config.fit
+        prepare_fit(self.trainer, self._last_path(), config.ckpt_path, config.model.config.vocab_size, self.resources)
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.get("checkpoint") and config.checkpoint.dirpath is None:
-            # {default_root_dir}/checkpoints/last.ckpt, the same for every run, so `--ckpt_path last` finds it
-            config.checkpoint.dirpath = os.path.join(config.trainer.default_root_dir or os.getcwd(), "checkpoints")
-        if self.subcommand == "fit" and config.model.init_from is not None:
-            path = self._checkpoint_to_load(config)
-            if path is not None and path.exists():
-                self._resume_without_init_from(config, path)
+    def after_fit(self) -> None:
+        if any(isinstance(c, PreemptionCheckpoint) and c.preempted for c in self.trainer.callbacks):
+            raise SIGTERMException()  # saved and stopped: exit as preempted, not as finished
+        print_sample(self.trainer, self.model)
 
 
 class GPT2PrepareCLI(GPT2LightningCLI):
-    """`gpt2-lightning prepare`: fit's parser and configs, but only the data module is built, and prepared."""
+    """`gpt2-lightning prepare`: fit's parser and configs (the same files must describe the same data), but only
+    the data module is built, and prepared."""
 
     def instantiate_classes(self) -> None:
         self.datamodule = GPT2DataModule(**self.config.data.as_dict())
 
 
-@contextmanager
-def _argv_handed_over(argv: Sequence[str] | None):
-    """LightningCLI reads either sys.argv or `args`, and warns when it sees both: with `args`, hide sys.argv."""
-    command_line = sys.argv
-    if argv is not None:
-        sys.argv = sys.argv[:1]
-    try:
-        yield
-    finally:
-        sys.argv = command_line
+def run_lightning(name: str, argv: Sequence[str]) -> None:
+    """LightningCLI on `name` + `argv`; bad input ends in one line saying what to change."""
+    defaults = {"default_config_files": [str(QUICKSTART)]}
+    with ExitStack() as resources:
+        try:
+            GPT2LightningCLI(GPT2LightningModule, GPT2DataModule, args=[name, *argv], resources=resources,
+                             save_config_kwargs={"overwrite": True},
+                             parser_kwargs={command: defaults for command in LIGHTNING_COMMANDS})
+        except FileNotFoundError as err:
+            sys.exit(f"gpt2-lightning {name}: error: {err}. Pass an existing checkpoint to --ckpt_path, or "
+                     "`--ckpt_path last` to resume the latest run under --trainer.default_root_dir.")
+        except SIGTERMException:
+            print(f"gpt2-lightning {name}: stopped by SIGTERM; the state at the last optimizer step is in last.ckpt: "
+                  "continue with the same command and --ckpt_path last", file=sys.stderr)
+            sys.exit(PREEMPTED_EXIT_STATUS)
+        except (UsageError, FloatingPointError, MisconfigurationException) as err:  # config, data, run, divergence
+            sys.exit(f"gpt2-lightning {name}: error: {err}")
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise
+            sys.exit(f"gpt2-lightning {name}: error: cannot write {err.filename or 'the run directory'} "
+                     f"({err.strerror}); the last complete checkpoint is intact: free space or fix permissions, then "
+                     "resume with --ckpt_path last")
 
 
 def run_prepare(argv: Sequence[str]) -> None:
     """Tokenize the data a config names into data.cache_dir, as `fit` would on local rank 0."""
-    try:
-        with _argv_handed_over(argv):
-            cli = GPT2PrepareCLI(GPT2LightningModule, GPT2DataModule, args=list(argv), run=False,
-                                 parser_kwargs={"default_config_files": [str(QUICKSTART)],
-                                                "prog": "gpt2-lightning prepare",
-                                                "description": "Tokenize a config's training data once, ahead of fit."})
-        cli.datamodule.prepare_data()
-    except UsageError as err:  # DataError included
-        sys.exit(f"gpt2-lightning prepare: error: {err}")
+    with ExitStack() as resources:
+        cli = GPT2PrepareCLI(GPT2LightningModule, GPT2DataModule, args=list(argv), run=False, resources=resources,
+                             parser_kwargs={"default_config_files": [str(QUICKSTART)], "prog": "gpt2-lightning prepare",
+                                            "description": "Tokenize a config's training data once, ahead of fit."})
+    cli.datamodule.prepare_data()
 
 
-_run_lock: RunLock | None = None  # held by `fit` in the launching process, released when the command ends
+# ---- the table ---------------------------------------------------------------------------------------------------
 
 
-def run_lightning(argv: Sequence[str] | None, command: str) -> None:
-    """LightningCLI on `argv` (None: the command line); bad input ends in one line saying what to change."""
-    defaults = {"default_config_files": [str(QUICKSTART)]}
-    try:
-        with _argv_handed_over(argv):
-            GPT2LightningCLI(
-                GPT2LightningModule,
-                GPT2DataModule,
-                args=argv,
-                save_config_kwargs={"overwrite": True},
-                parser_kwargs={name: defaults for name in LIGHTNING_COMMANDS},
-            )
-    except FileNotFoundError as err:
-        sys.exit(
-            f"gpt2-lightning {command}: error: {err}. Pass an existing checkpoint to --ckpt_path, or `--ckpt_path "
-            "last` to resume the latest run under --trainer.default_root_dir."
-        )
-    except SIGTERMException:
-        print(f"gpt2-lightning {command}: stopped by SIGTERM; the state at the last optimizer step is in last.ckpt: "
-              "continue with the same command and --ckpt_path last", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT_STATUS)
-    except (UsageError, FloatingPointError, MisconfigurationException) as err:  # config, data, run, divergence
-        sys.exit(f"gpt2-lightning {command}: error: {err}")
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-            raise
-        sys.exit(f"gpt2-lightning {command}: error: cannot write {err.filename or 'the run directory'} ({err.strerror}); "
-                 "the last complete checkpoint is intact: free space or fix permissions, then resume with "
-                 "--ckpt_path last")
-    finally:
-        if _run_lock is not None:
-            _run_lock.release()
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: what `--help` says of it, and what runs it on the words after its name."""
+
+    summary: str
+    run: Callable[[Sequence[str]], None]
 
 
-def _not_an_advertisement(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("💡 Tip")
+def _lightning(name: str, summary: str) -> Command:
+    return Command(summary, lambda argv: run_lightning(name, argv))
 
 
-def _quiet_lightning() -> None:
-    """Keep out of the console what no user can act on: Lightning's advertisements for its cloud products, a
-    deprecation warning Lightning raises against its own use of torch, and its warning that an iterable dataset
-    with a length may repeat data across workers (ours gives each worker its own batches: data.py)."""
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        for handler in logging.getLogger(name).handlers:
-            handler.addFilter(_not_an_advertisement)  # one function: a second main() call adds nothing
+def _function(name: str, function: Callable) -> Command:
+    summary = " ".join(inspect.getdoc(function).split("\n\n")[0].split()).rstrip(".")  # the docstring's first paragraph
+    return Command(summary[0].lower() + summary[1:], lambda argv: run_function(name, function, argv))
+
+
+COMMANDS: dict[str, Command] = {
+    "fit": _lightning("fit", "train (or resume with --ckpt_path last) from YAML configs: --config configs/X.yaml, "
+                             "any key as --a.b.c"),
+    "validate": _lightning("validate", "validation loss of a checkpoint (--ckpt_path) on the config's validation "
+                                       "split"),
+    "test": _lightning("test", "test loss of a checkpoint (--ckpt_path) on the held-out split"),
+    "predict": _lightning("predict", "next-token predictions of a checkpoint (--ckpt_path) for the held-out windows"),
+    "prepare": Command("tokenize a config's training data once, ahead of fit: takes fit's --config and --data.* "
+                       "arguments", run_prepare),
+    "generate": _function("generate", generate),
+    "download": _function("download", download),
+    "convert": _function("convert", convert),
+    "analyze": _function("analyze", analyze),
+}
+
+
+def usage() -> str:
+    """`gpt2-lightning --help`: every command of the table, one line each."""
+    width = max(map(len, COMMANDS))
+    listing = "\n".join(f"    {name:<{width}}  {command.summary}" for name, command in COMMANDS.items())
+    return (f"usage: gpt2-lightning COMMAND [options]\n\n{DESCRIPTION}\n\ncommands:\n{listing}\n\n"
+            "`gpt2-lightning COMMAND --help` lists a command's options.")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    _quiet_lightning()
-    words = sys.argv[1:] if argv is None else list(argv)
-    if words and words[0] in LIGHTNING_COMMANDS:
-        return run_lightning(argv, words[0])
-    if words and words[0] == "prepare":
-        return run_prepare(words[1:])
-    args = build_parser().parse_args(argv)
+    quiet_lightning()
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or words[0] in ("-h", "--help"):
+        print(usage())
+        sys.exit(0 if words else 2)
+    name, rest = words[0], words[1:]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; choose one of {', '.join(COMMANDS)}"
+        sys.exit(f"gpt2-lightning: error: unknown command {name!r}{hint}")
     try:
-        args.run(args)
+        COMMANDS[name].run(rest)
     except UsageError as err:  # bad input: one line with the fix; anything else is a bug and keeps its traceback
-        sys.exit(f"gpt2-lightning {args.command}: error: {err}")
+        sys.exit(f"gpt2-lightning {name}: error: {err}")

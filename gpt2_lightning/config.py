@@ -1,16 +1,15 @@
 """`GPTConfig`: every hyper-parameter of the model, one flat dataclass for every variant.
 
 Kept apart from the model so that checkpoint readers and the command line can describe and validate a model
-without building one.
+without building one. Part of the core: it imports nothing from the package, and bad values raise `ValueError`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from gpt2_lightning.errors import UsageError
-
-# Published GPT-2 sizes: name -> (n_layer, n_head, n_embd). Everything else is shared.
+# OpenAI's published GPT-2 sizes: name -> (n_layer, n_head, n_embd); everything else is shared. The names are
+# also the short hub ids (`gpt2-medium` is openai-community/gpt2-medium on the Hugging Face Hub).
 PRESETS: dict[str, tuple[int, int, int]] = {
     "gpt2": (12, 12, 768),
     "gpt2-medium": (24, 16, 1024),
@@ -53,36 +52,36 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UsageError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
-            raise UsageError(
+            raise ValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                 "each head gets n_embd // n_head channels"
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.pos_encoding not in ("learned", "rope"):
-            raise UsageError(f"GPTConfig.pos_encoding must be 'learned' or 'rope', got {self.pos_encoding!r}")
+            raise ValueError(f"GPTConfig.pos_encoding must be 'learned' or 'rope', got {self.pos_encoding!r}")
         if self.pos_encoding == "rope" and self.head_dim % 2:
-            raise UsageError(
+            raise ValueError(
                 f"GPTConfig.pos_encoding='rope' needs an even head size (n_embd // n_head), got {self.head_dim}: "
                 "rotary embeddings rotate pairs of channels"
             )
         if not self.rope_theta > 0:
-            raise UsageError(f"GPTConfig.rope_theta must be > 0, got {self.rope_theta!r}")
+            raise ValueError(f"GPTConfig.rope_theta must be > 0, got {self.rope_theta!r}")
         if self.n_kv_head is not None:
             if isinstance(self.n_kv_head, bool) or not isinstance(self.n_kv_head, int) or self.n_kv_head <= 0:
-                raise UsageError(
+                raise ValueError(
                     f"GPTConfig.n_kv_head must be None (= n_head) or a positive integer, got {self.n_kv_head!r}"
                 )
             if self.n_head % self.n_kv_head:
-                raise UsageError(
+                raise ValueError(
                     f"GPTConfig.n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}): "
                     "each key/value head serves n_head // n_kv_head query heads"
                 )
         w = self.sliding_window
         if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
-            raise UsageError(
+            raise ValueError(
                 f"GPTConfig.sliding_window must be None (full causal attention) or an integer >= 1, got {w!r}"
             )
 
@@ -113,6 +112,6 @@ class GPTConfig:
         """The configuration of a published GPT-2 size ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")."""
         key = name.removeprefix("openai-community/")
         if key not in PRESETS:
-            raise UsageError(f"unknown GPT-2 preset {name!r}; choose one of {', '.join(PRESETS)}")
+            raise ValueError(f"unknown GPT-2 preset {name!r}; choose one of {', '.join(PRESETS)}")
         n_layer, n_head, n_embd = PRESETS[key]
         return replace(cls(n_layer=n_layer, n_head=n_head, n_embd=n_embd), **overrides)

@@ -22,15 +22,11 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpt2_lightning.errors import UsageError
+from gpt2_lightning.errors import DataError
 
 OPENWEBTEXT = "Skylion007/openwebtext"
 OPENWEBTEXT_PARQUET_REVISION = "refs/convert/parquet"  # the Hub's Parquet conversion of the dataset
 SUFFIXES = (".txt", ".jsonl", ".parquet")
-
-
-class DataError(UsageError):
-    """Bad or missing training data; the message names the file (and line) and what to do instead."""
 
 
 def builtin_documents() -> list[str]:
@@ -182,13 +178,14 @@ def _jsonl(path: Path, text_column: str, digest) -> Iterator[str]:
 
 
 def _parquet(path: Path, text_column: str, digest) -> Iterator[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     _hash_file(path, digest)
     try:
         file = pq.ParquetFile(path)
-    except Exception as err:
-        raise DataError(f"{path}: not a readable Parquet file ({err}); re-export it or remove it from data.paths") from None
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({err}); re-export it or remove it from data.paths") from err
     if text_column not in file.schema_arrow.names:
         raise DataError(f"{path} has no column {text_column!r} (it has {file.schema_arrow.names}); set data.text_column")
     row = 0
@@ -211,12 +208,12 @@ def _hf(name: str, split: str, text_column: str, revision: str | None) -> Iterat
             yield _text_of(record, text_column, f"dataset {name!r} record {index}")
     except DataError:
         raise
-    except Exception as err:
+    except Exception as err:  # network, hub, dataset-format failures alike; the chain keeps the cause
         raise DataError(
             f"could not stream {name!r} (split {split!r}, revision {revision!r}) from the Hugging Face Hub "
             f"({type(err).__name__}: {err}). Where the Hub is unreachable, train on local files "
             "(data.source=files, data.paths=[...]) or the offline corpus (data.source=builtin)."
-        ) from None
+        ) from err
 
 
 def _text_of(record, text_column: str, where: str) -> str:

@@ -19,7 +19,6 @@ Validation: the validation windows in order, dealt the same way to ranks and wor
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 
 import lightning as L
@@ -27,12 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gpt2_lightning.corpus import OPENWEBTEXT, OPENWEBTEXT_PARQUET_REVISION, Corpus, DataError
+from gpt2_lightning.corpus import OPENWEBTEXT, OPENWEBTEXT_PARQUET_REVISION, Corpus
+from gpt2_lightning.errors import DataError
 from gpt2_lightning.token_cache import TokenCache, cache_path, check_val_size, prepare
-
-# Lightning warns that a sized IterableDataset may repeat data across workers; TokenWindows splits by worker itself.
-warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-
 
 _GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constants for multiplicative hashing
 _MULTIPLIER = np.uint64(0xBF58476D1CE4E5B9)

@@ -1,4 +1,5 @@
-"""Writing a file so that an interruption never leaves a half-written one in its place."""
+"""Files and processes shared by data preparation and training: writes that an interruption never leaves half
+done, and whether the process that left a lock or a temporary directory is still alive."""
 
 from __future__ import annotations
 
@@ -22,3 +23,14 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2_lightning.attention import attention, visible_mask
+from gpt2_lightning.generate import KVCache
 from gpt2_lightning.model import GPT
 
 ATTENTION_KINDS = ["full causal", "window 256", "window 1024", "window 256, dense mask"]
@@ -110,7 +111,7 @@ def decode_tokens_per_sec(model: GPT, context: int, new_tokens: int = 16) -> tup
     The cache is filled with random keys and values: a decode step costs the same whatever they hold, and it
     spares a long prefill.
     """
-    cache = model.make_kv_cache(1, context + new_tokens + 1)
+    cache = KVCache.for_model(model, 1, context + new_tokens + 1)
     cache.k.normal_(), cache.v.normal_()
     token = torch.zeros(1, 1, dtype=torch.long, device=cache.k.device)
     with torch.inference_mode():

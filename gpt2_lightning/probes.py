@@ -26,10 +26,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.errors import UsageError
 from gpt2_lightning.experiment import train_quietly
-from gpt2_lightning.model import GPT, GPTConfig
-from gpt2_lightning.module import GPT2LightningModule
+from gpt2_lightning.model import GPT
+from gpt2_lightning.train.module import GPT2LightningModule
 
 IGNORE = -100  # F.cross_entropy's default ignore_index
 

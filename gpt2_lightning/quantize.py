@@ -3,8 +3,8 @@
 Decoding at batch 1 reads every weight once per token, so it is bound by memory bandwidth; int8 weights read 4×
 fewer bytes than float32. torchao (PyTorch's quantization library) quantizes each linear layer's weight per
 output row, symmetrically (`Int8WeightOnlyConfig`); `Int8Linear` then holds the int8 rows and their scales and
-multiplies with PyTorch's int8 weight-only kernel (`_weight_int8pack_mm`) on CPUs, which measured ~15× faster
-on the LM head than torchao's eager path (it dequantizes the whole weight per call; docs/performance.md), and
+multiplies with PyTorch's int8 weight-only kernel (`_weight_int8pack_mm`) on CPUs, which is faster than
+torchao's eager path (that dequantizes the whole weight per call; the figures are in docs/performance.md), and
 as `(x @ int8ᵀ) · scale` on other devices and for input widths that are not a multiple of 16. Activations run
 in bfloat16: that kernel takes bf16 inputs.
 

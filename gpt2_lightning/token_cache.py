@@ -33,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2_lightning.corpus import Corpus, DataError
+from gpt2_lightning.corpus import Corpus
+from gpt2_lightning.errors import DataError
+from gpt2_lightning.files import process_alive
 from gpt2_lightning.tokenizer import EOT_ID, VOCAB_SHA256, get_tokenizer
 
 FORMAT = 1
@@ -270,17 +272,6 @@ def _remove_leftovers(path: Path) -> None:
         pid = leftover.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_manifest(path: Path) -> dict:

@@ -8,10 +8,10 @@ import pytest
 
 from gpt2_lightning import cli
 from gpt2_lightning.cli import main
-from gpt2_lightning.model import GPTConfig
-from gpt2_lightning.module import GPT2LightningModule
+from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.train.module import GPT2LightningModule
 from gpt2_lightning.probes import Passkey, ProbeData
-from gpt2_lightning.training import StepProgressBar
+from gpt2_lightning.train.console import StepProgressBar
 from test_training import fit
 
 COMMANDS = ["fit", "validate", "test", "predict", "prepare", "generate", "download", "convert", "analyze"]
@@ -29,7 +29,7 @@ def test_command_help_shows_defaults_and_what_checkpoint_accepts(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "Lightning .ckpt" in out and "(default: gpt2)" in out and "(default: 0.8)" in out
+    assert "Lightning .ckpt" in out and "default: gpt2)" in out and "default: 0.8)" in out
 
 
 def test_fit_help_documents_every_model_config_field(capsys):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from test_training import TINY
 
+from gpt2_lightning.checkpoints import load
 from gpt2_lightning.measure import logged_scalars as scalars
-from gpt2_lightning.model import GPT
-from gpt2_lightning.module import load_trained_model
+from gpt2_lightning.checkpoints.lightning import load_trained_model
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -56,7 +56,7 @@ def test_sharded_checkpoint_converts_to_one_directory_with_the_tie_intact(tmp_pa
     from gpt2_lightning.cli import main
 
     main(["convert", "--checkpoint", str(tmp_path / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "hf")])
-    model = GPT.from_pretrained(tmp_path / "hf")  # loading checks lm_head == wte
+    model = load(tmp_path / "hf")  # loading checks lm_head == wte
     assert model.lm_head.weight is model.transformer.wte.weight
     sharded = load_trained_model(tmp_path / "checkpoints" / "last.ckpt")
     for (name, x), (_, y) in zip(model.state_dict().items(), sharded.state_dict().items()):

@@ -6,18 +6,21 @@ import pytest
 import torch
 from conftest import greedy_by_recompute
 
+from gpt2_lightning.checkpoints import load
 from gpt2_lightning.cli import main
-from gpt2_lightning.model import GPT, GPTConfig, sample_next_token
+from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.generate import KVCache, Sampling, generate, sample_next_token
+from gpt2_lightning.model import GPT
 
 
 @pytest.mark.parametrize("shape", ["tiny", "wide-heads"])
 def test_greedy_equals_transformers_generate(hf_checkpoint, shape):
     reference, directory = hf_checkpoint("hub", shape)
-    model = GPT.from_pretrained(directory)
+    model = load(directory)
     prompt = torch.randint(1, reference.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(3))
     new = reference.config.n_positions - 6
     theirs = reference.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
-    ours = model.generate(prompt, new, temperature=0.0)
+    ours = generate(model, prompt, new, Sampling(temperature=0.0))
     assert len(set(ours[0, 6:].tolist())) > 3, "degenerate test: the model repeats one token"
     assert torch.equal(ours, theirs)
 
@@ -33,11 +36,11 @@ def test_compiled_decoding_equals_eager(fields):
         for p in model.parameters():
             p.mul_(10)  # spread the predictions so that greedy decoding does not collapse onto one token
     prompt = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(1))
-    eager = model.generate(prompt, 20, temperature=0.0)
+    eager = generate(model, prompt, 20, Sampling(temperature=0.0))
     assert len(set(eager[0, 5:].tolist())) > 3, "degenerate test: the model repeats one token"
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    assert torch.equal(model.generate(prompt, 20, temperature=0.0, compile=True), eager)
+    assert torch.equal(generate(model, prompt, 20, Sampling(temperature=0.0), compile=True), eager)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     # The steps did run compiled, and a few graphs serve all 19 positions (the first position, then any; for a
     # window, before and after the buffer fills): a graph per position would hit torch.compile's recompile limit
@@ -52,7 +55,7 @@ def test_kv_cache_equals_full_recompute():
         for p in model.parameters():
             p.mul_(10)  # larger weights so greedy decoding does not collapse onto one token
     prompt = torch.randint(0, 101, (3, 9))
-    cached = model.generate(prompt, 55, temperature=0.0)
+    cached = generate(model, prompt, 55, Sampling(temperature=0.0))
     assert torch.equal(cached, greedy_by_recompute(model, prompt, 55))
 
 
@@ -61,7 +64,7 @@ def test_cached_logits_equal_full_forward_for_chunked_prefill():
     config = GPTConfig(vocab_size=101, block_size=64, n_layer=2, n_head=4, n_embd=32)
     model = GPT(config).eval()
     x = torch.randint(0, 101, (2, 30))
-    cache = model.make_kv_cache(batch_size=2, max_len=30)
+    cache = KVCache.for_model(model, 2, 30)
     with torch.no_grad():
         chunks = [model(x[:, a:b], cache) for a, b in [(0, 7), (7, 8), (8, 20), (20, 30)]]
         torch.testing.assert_close(torch.cat(chunks, 1), model(x), atol=1e-5, rtol=1e-5)
@@ -71,29 +74,29 @@ def test_cached_logits_equal_full_forward_for_chunked_prefill():
 def test_generation_past_block_size_names_block_size():
     model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=8))
     with pytest.raises(ValueError, match="longer than block_size=16"):
-        model.generate(torch.zeros(1, 10, dtype=torch.long), max_new_tokens=7)
+        generate(model, torch.zeros(1, 10, dtype=torch.long), 7)
 
 
 def test_sampling_is_reproducible_with_a_generator_and_respects_top_k():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=101, block_size=64, n_layer=2, n_head=4, n_embd=32)).eval()
     prompt = torch.randint(0, 101, (4, 5))
-    a = model.generate(prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
-    b = model.generate(prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
-    c = model.generate(prompt, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(8))
+    a = generate(model, prompt, 20, Sampling(temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7)))
+    b = generate(model, prompt, 20, Sampling(temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7)))
+    c = generate(model, prompt, 20, Sampling(temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(8)))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    greedy = model.generate(prompt, 20, temperature=0.0)
-    assert torch.equal(model.generate(prompt, 20, top_k=1), greedy)
-    assert torch.equal(model.generate(prompt, 20, top_p=1e-6), greedy)
+    greedy = generate(model, prompt, 20, Sampling(temperature=0.0))
+    assert torch.equal(generate(model, prompt, 20, Sampling(top_k=1)), greedy)
+    assert torch.equal(generate(model, prompt, 20, Sampling(top_p=1e-6)), greedy)
 
 
 def test_top_k_and_top_p_only_ever_pick_allowed_tokens():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0, -1.0]]).repeat(500, 1)
     gen = torch.Generator().manual_seed(0)
-    assert set(sample_next_token(logits, top_k=2, generator=gen).tolist()) == {0, 1}
+    assert set(sample_next_token(logits, Sampling(top_k=2, generator=gen)).tolist()) == {0, 1}
     # softmax of these logits: 0.636, 0.234, 0.086, ... → top_p=0.8 keeps tokens 0 and 1, 0.9 adds token 2
-    assert set(sample_next_token(logits, top_p=0.8, generator=gen).tolist()) == {0, 1}
-    assert set(sample_next_token(logits, top_p=0.9, generator=gen).tolist()) == {0, 1, 2}
+    assert set(sample_next_token(logits, Sampling(top_p=0.8, generator=gen)).tolist()) == {0, 1}
+    assert set(sample_next_token(logits, Sampling(top_p=0.9, generator=gen)).tolist()) == {0, 1, 2}
 
 
 @pytest.mark.parametrize(
@@ -103,7 +106,7 @@ def test_top_k_and_top_p_only_ever_pick_allowed_tokens():
 )
 def test_bad_sampling_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        sample_next_token(torch.zeros(1, 5), **kwargs)
+        sample_next_token(torch.zeros(1, 5), Sampling(**kwargs))
 
 
 def test_eos_pads_finished_rows_and_stops_when_all_are_done():
@@ -113,9 +116,9 @@ def test_eos_pads_finished_rows_and_stops_when_all_are_done():
         for p in model.parameters():
             p.mul_(10)
     prompt = torch.randint(0, 101, (2, 5))
-    free = model.generate(prompt, 30, temperature=0.0)
+    free = generate(model, prompt, 30, Sampling(temperature=0.0))
     eos = free[0, 8].item()  # the token row 0 emits at its 4th step
-    out = model.generate(prompt, 30, temperature=0.0, eos_token_id=eos)
+    out = generate(model, prompt, 30, Sampling(temperature=0.0, eos_token_id=eos))
     row0 = out[0, 5:].tolist()
     first = row0.index(eos)
     assert all(t == eos for t in row0[first:])
@@ -143,7 +146,7 @@ def test_cli_generate_prints_prompt_and_greedy_continuation(tmp_path, capsys):
     out = captured.out
     enc = get_tokenizer()
     ids = torch.tensor([enc.encode(prompt)])
-    expected = GPT.from_pretrained(directory).generate(ids, 12, temperature=0.0, eos_token_id=enc.eot_token)
+    expected = generate(load(directory), ids, 12, Sampling(temperature=0.0, eos_token_id=enc.eot_token))
     continuation = [t for t in expected[0, ids.shape[1]:].tolist() if t != enc.eot_token]
     assert out == prompt + enc.decode(continuation) + "\n"
     produced = expected.shape[1] - ids.shape[1]  # the eos token, if reached, counts: it was generated
@@ -164,7 +167,7 @@ def test_cli_reports_bad_checkpoint_and_offline_download(tmp_path, capsys, monke
 
 def test_the_cache_advances_its_own_position_once_every_layer_has_written():
     model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=3, n_head=2, n_embd=8)).eval()
-    cache = model.make_kv_cache(1, 16)
+    cache = KVCache.for_model(model, 1, 16)
     with torch.no_grad():
         model(torch.zeros(1, 5, dtype=torch.long), cache)
         assert cache.pos == 5

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gpt2_lightning.lm_loss import IGNORE_INDEX, chunked_cross_entropy
-from gpt2_lightning.model import GPT, GPTConfig
+from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.model import GPT
 
 
 def _inputs(n: int = 300, c: int = 32, v: int = 500, seed: int = 0):

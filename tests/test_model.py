@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gpt2_lightning.attention import attention, reference_attention
-from gpt2_lightning.model import GPT, GPTConfig
+from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.model import GPT
 
 
 def tiny_config(**overrides):

@@ -8,11 +8,13 @@ import re
 import pytest
 import torch
 
-from gpt2_lightning.checkpoints import save_pretrained
+from gpt2_lightning.generate import Sampling, generate
+from gpt2_lightning.checkpoints import save
 from gpt2_lightning.cli import main
 from gpt2_lightning.errors import UsageError
 from gpt2_lightning.measure import builtin_token_split, heldout_quality, train_briefly
-from gpt2_lightning.model import GPT, GPTConfig
+from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.model import GPT
 from gpt2_lightning.quantize import Int8Linear, quantize_weights
 from gpt2_lightning.tokenizer import get_tokenizer
 
@@ -63,7 +65,7 @@ def test_unknown_quantization_is_refused():
 
 def test_cli_generate_quantize_int8(trained, tmp_path, capsys):
     model, _ = trained
-    save_pretrained(model, tmp_path / "model")
+    save(model, tmp_path / "model")
     main(["generate", "--checkpoint", str(tmp_path / "model"), "--prompt", "The", "--max-new-tokens", "8",
           "--temperature", "0", "--device", "cpu", "--quantize", "int8"])
     captured = capsys.readouterr()
@@ -73,14 +75,14 @@ def test_cli_generate_quantize_int8(trained, tmp_path, capsys):
 
 def test_cli_generate_bfloat16_decodes_what_the_bf16_model_does(trained, tmp_path, capsys):
     model, _ = trained
-    save_pretrained(model, tmp_path / "model")
+    save(model, tmp_path / "model")
     args = ["generate", "--checkpoint", str(tmp_path / "model"), "--prompt", "The", "--max-new-tokens", "8",
             "--temperature", "0", "--device", "cpu"]
     main([*args, "--dtype", "bfloat16"])
     captured = capsys.readouterr()
     enc = get_tokenizer()
     ids = torch.tensor([enc.encode("The")])
-    expected = copy.deepcopy(model).to(torch.bfloat16).generate(ids, 8, temperature=0.0, eos_token_id=enc.eot_token)
+    expected = generate(copy.deepcopy(model).to(torch.bfloat16), ids, 8, Sampling(temperature=0.0, eos_token_id=enc.eot_token))
     continuation = [t for t in expected[0, 1:].tolist() if t != enc.eot_token]
     assert captured.out == "The" + enc.decode(continuation) + "\n"
     assert "parameters, bfloat16) on cpu" in captured.err

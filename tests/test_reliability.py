@@ -24,8 +24,9 @@ from gpt2_lightning.corpus import builtin_documents
 from gpt2_lightning.errors import CheckpointError
 from gpt2_lightning.files import write_atomically
 from gpt2_lightning.model import GPT
-from gpt2_lightning.module import load_trained_model
-from gpt2_lightning.training import RunLock, recover_sharded_checkpoint
+from gpt2_lightning.checkpoints.lightning import load_trained_model
+from gpt2_lightning.train.checkpoint_io import recover_sharded_checkpoint
+from gpt2_lightning.train.run_dir import RunLock
 
 
 class Payload:
@@ -144,16 +145,6 @@ def test_a_second_concurrent_run_is_refused_and_a_dead_runs_lock_taken_over(tmp_
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and not (tmp_path / "checkpoints" / ".fit.lock").exists()
 
 
-def test_run_lock_is_exclusive_within_a_host(tmp_path):
-    first, second = RunLock(tmp_path), RunLock(tmp_path)
-    first.acquire()
-    with pytest.raises(RuntimeError, match=f"pid {os.getpid()}"):
-        second.acquire()
-    first.release()
-    second.acquire()
-    second.release()
-
-
 def test_logged_steps_are_the_optimizer_steps_after_resumes(tmp_path):
     """train/loss, train/lr and val/loss of 8 + 4 + 4 steps sit at the steps, with the values, of 16 straight ones
     (Lightning alone shifted a resumed curve one step right and dropped the validation point at its end)."""
@@ -220,7 +211,7 @@ def test_a_sharded_save_that_dies_midway_leaves_the_previous_checkpoint(tmp_path
     shards are written leaves last.ckpt as it was, where Lightning's strategy had already emptied it."""
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    from gpt2_lightning.training import AtomicModelParallelStrategy
+    from gpt2_lightning.train.checkpoint_io import AtomicModelParallelStrategy
 
     def state(step):
         return {"state_dict": {"w": torch.full((4,), float(step))}, "optimizer_states": [], "global_step": step}
@@ -324,7 +315,7 @@ def test_five_kills_at_random_moments_then_an_exact_resume(tmp_path, config):
 
 
 def test_token_ids_outside_the_vocabulary_are_named():
-    from gpt2_lightning.model import GPTConfig
+    from gpt2_lightning.config import GPTConfig
 
     model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=8))
     with pytest.raises(ValueError, match=r"token id 50 is outside the model's vocabulary \(0 … 49\)"):
@@ -409,7 +400,7 @@ def test_convert_onto_an_existing_file_is_refused(four_steps, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--temperature", "nan"], "temperature must be a number >= 0"),
+        (["--temperature", ".nan"], "temperature must be a number >= 0"),  # YAML's NaN: jsonargparse refuses "nan"
         (["--temperature", "1e-45"], "so small that logits / temperature overflow"),
         (["--device", "cuda"], "--device cuda: this machine has no CUDA device"),
     ],

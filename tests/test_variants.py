@@ -6,11 +6,14 @@ import pytest
 import torch
 from conftest import greedy_by_recompute
 
+from gpt2_lightning.generate import KVCache, Sampling, generate
 from gpt2_lightning.attention import attention, banded_attention, flex_window_attention, reference_attention
-from gpt2_lightning.checkpoints import save_pretrained
+from gpt2_lightning.checkpoints import load, save
 from gpt2_lightning.errors import CheckpointError
 from gpt2_lightning.cli import main
-from gpt2_lightning.model import GPT, GPTConfig, mha_to_gqa
+from gpt2_lightning.checkpoints.convert import mha_to_gqa
+from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.model import GPT
 from gpt2_lightning.rope import apply_rope, rope_frequencies, rope_tables
 
 N_LAYER, N_HEAD, WINDOW, VOCAB, BLOCK = 2, 4, 3, 61, 32
@@ -198,7 +201,7 @@ def test_cache_equals_recompute(pos, kv, w, prompt_len):
     model = variant(pos, kv, w, scale=6.0)
     prompt = torch.randint(0, VOCAB, (2, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
     new = (BLOCK if pos == "learned" else 2 * BLOCK) - prompt_len  # RoPE decodes past block_size
-    cached = model.generate(prompt, new, temperature=0.0)
+    cached = generate(model, prompt, new, Sampling(temperature=0.0))
     assert len(set(cached[0, prompt_len:].tolist())) > 3, "degenerate test: decoding stalled on one token"
     assert torch.equal(cached, greedy_by_recompute(model, prompt, new))
 
@@ -208,17 +211,17 @@ def test_chunked_prefill_into_the_cache_equals_full_forward(pos, kv, w):
     """Long chunks into a rolling buffer that already holds positions: where causality usually breaks."""
     model = variant(pos, kv, w)
     x = torch.randint(0, VOCAB, (2, 30))
-    cache = model.make_kv_cache(batch_size=2, max_len=30)
+    cache = KVCache.for_model(model, 2, 30)
     with torch.no_grad():
         chunks = [model(x[:, a:b], cache) for a, b in [(0, 2), (2, 9), (9, 10), (10, 11), (11, 25), (25, 30)]]
     torch.testing.assert_close(torch.cat(chunks, dim=1), logits(model, x), atol=1e-5, rtol=1e-5)
 
 
 def test_cache_bytes_gqa_fraction_and_rolling_bound():
-    sizes = {kv: variant("rope", kv).make_kv_cache(1, 1000).nbytes for kv in (None, 2, 1)}
+    sizes = {kv: KVCache.for_model(variant("rope", kv), 1, 1000).nbytes for kv in (None, 2, 1)}
     assert sizes[2] * 2 == sizes[None] and sizes[1] * 4 == sizes[None]
     windowed = variant("rope", None, WINDOW)
-    assert windowed.make_kv_cache(1, 100_000).nbytes == windowed.make_kv_cache(1, 1000).nbytes == sizes[None] * WINDOW / 1000
+    assert KVCache.for_model(windowed, 1, 100_000).nbytes == KVCache.for_model(windowed, 1, 1000).nbytes == sizes[None] * WINDOW / 1000
 
 
 # ---- lengths ---------------------------------------------------------------------------------------------------
@@ -291,8 +294,8 @@ def test_convert_cli_round_trips_through_from_pretrained(hf_checkpoint, tmp_path
     _, directory = hf_checkpoint()  # transformers' GPT-2, 4 heads
     main(["convert", "--checkpoint", str(directory), "--n-kv-head", "2", "--out", str(tmp_path / "gqa2")])
     assert "n_kv_head=2" in capsys.readouterr().out
-    loaded = GPT.from_pretrained(tmp_path / "gqa2")
-    expected = mha_to_gqa(GPT.from_pretrained(directory), 2)
+    loaded = load(tmp_path / "gqa2")
+    expected = mha_to_gqa(load(directory), 2)
     assert loaded.config == expected.config
     for (name, a), (_, b) in zip(loaded.state_dict().items(), expected.state_dict().items()):
         assert torch.equal(a, b), name
@@ -301,7 +304,7 @@ def test_convert_cli_round_trips_through_from_pretrained(hf_checkpoint, tmp_path
 @pytest.mark.parametrize("pos, kv, w", COMBOS, ids=COMBO_IDS)
 def test_save_pretrained_round_trips_every_variant(tmp_path, pos, kv, w):
     model = variant(pos, kv, w, bias=kv is None)
-    loaded = GPT.from_pretrained(save_pretrained(model, tmp_path / "v"))
+    loaded = load(save(model, tmp_path / "v"))
     assert loaded.config == model.config
     x = torch.randint(0, VOCAB, (1, 12))
     assert torch.equal(logits(loaded, x), logits(model, x))
@@ -310,12 +313,12 @@ def test_save_pretrained_round_trips_every_variant(tmp_path, pos, kv, w):
 def test_own_format_refuses_unknown_fields(tmp_path):
     import json
 
-    directory = save_pretrained(variant("rope"), tmp_path / "v")
+    directory = save(variant("rope"), tmp_path / "v")
     config = json.loads((directory / "config.json").read_text())
     config["attention_sinks"] = 4
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="fields GPTConfig does not know: attention_sinks"):
-        GPT.from_pretrained(directory)
+        load(directory)
 
 
 # ---- configuration errors --------------------------------------------------------------------------------------

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from pathlib import Path
 
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from gpt2_lightning.checkpoints import config_from_own, load_state_dict_strict
-from gpt2_lightning.errors import CheckpointError, UsageError
-from gpt2_lightning.model import GPT, GPTConfig, mha_to_gqa
-from gpt2_lightning.training import read_lightning_checkpoint
+from gpt2_lightning.checkpoints import load
+from gpt2_lightning.checkpoints.convert import mha_to_gqa
+from gpt2_lightning.checkpoints.lightning import strip_compile_prefix
+from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.errors import UsageError
+from gpt2_lightning.model import GPT
+from gpt2_lightning.train.lightning_compat import is_attached
+from gpt2_lightning.train.parallel import is_sharded, shard_model
 
 
 class GPT2LightningModule(L.LightningModule):
@@ -43,7 +45,7 @@ class GPT2LightningModule(L.LightningModule):
             min_learning_rate: where the cosine decay ends, at `lr_decay_steps` (default: trainer.max_steps).
             weight_decay: AdamW decay on weight matrices only (not biases, LayerNorms or embeddings).
             betas: AdamW betas.
-            init_from: a hub id or checkpoint directory to fine-tune from; its architecture wins over `config`,
+            init_from: any checkpoint `gpt2_lightning.checkpoints.load` reads, to fine-tune from; its architecture wins over `config`,
                 except dropout, n_kv_head (converted with mha_to_gqa) and sliding_window, applied on top.
             compile: torch.compile each transformer block (state-dict keys stay unprefixed; the first steps compile).
             peak_flops: FLOP/s per device that MFU divides by (default: Lightning's table for GPUs at the training
@@ -69,7 +71,7 @@ class GPT2LightningModule(L.LightningModule):
     def _build(config: GPTConfig, init_from: str | None) -> GPT:
         if init_from is None:
             return GPT(config)
-        model = GPT.from_pretrained(init_from).train()
+        model = load(init_from).train()
         if model.config.pos_encoding == "learned" and config.block_size > model.config.block_size:
             raise UsageError(
                 f"model.config.block_size={config.block_size} is longer than the {model.config.block_size} learned "
@@ -87,14 +89,14 @@ class GPT2LightningModule(L.LightningModule):
 
     def configure_model(self) -> None:
         if getattr(self, "device_mesh", None) is not None:  # ModelParallelStrategy: FSDP2
-            from gpt2_lightning.parallel import shard_model
-
             bf16 = self.device_mesh.device_type == "cuda" and torch.cuda.is_bf16_supported()
             shard_model(self.model, self.device_mesh["data_parallel"], bf16=bf16)
             if self.model.lm_head.weight is not self.model.transformer.wte.weight:
                 raise RuntimeError("sharding untied the LM head from the token embedding; they must share a unit")
-        if self.hparams.compile:  # block by block, in place: FSDP2's hooks stay outside the compiled code, one
-            for block in self.model.transformer.h:  # compiled graph serves every block, and keys stay unprefixed
+        # Compile block by block, in place: FSDP2's hooks stay outside the compiled code, one compiled graph serves
+        # every block, and state-dict keys stay unprefixed.
+        if self.hparams.compile:
+            for block in self.model.transformer.h:
                 block.compile()
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -107,17 +109,19 @@ class GPT2LightningModule(L.LightningModule):
     # ---- training -------------------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        if self.trainer.world_size == 1:  # the model summary counts FLOPs on one forward of this (rank 0 only: with
-            # several ranks a sharded forward on one of them would wait forever for the others)
+        # The model summary counts FLOPs on one forward of this, on rank 0 only: with several ranks a sharded
+        # forward on one of them would wait forever for the others, so there it counts none.
+        if self.trainer.world_size == 1:
             self.example_input_array = torch.zeros(1, self.config.block_size, dtype=torch.long)
 
     def on_train_start(self) -> None:
         if hasattr(self.model, "reshard"):  # FSDP2 keeps the root unsharded after a forward (sanity validation)
             self.model.reshard()
         total = self.model.num_params()
-        local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in self.model.parameters())
-        if self.trainer.world_size > 1 or local < total:  # per-rank memory: sharded, each rank holds ~1/world of
-            # parameters, gradients and AdamW's moments; replicated (DDP), all of them
+        local = sum(p.to_local().numel() if is_sharded(p) else p.numel() for p in self.model.parameters())
+        # Per-rank memory: sharded, each rank holds ~1/world of parameters, gradients and AdamW's moments;
+        # replicated (DDP), all of them.
+        if self.trainer.world_size > 1 or local < total:
             print(f"rank {self.global_rank}: holds {local:,} of {total:,} parameters ({local / total:.1%})", flush=True)
         if self.logger is not None and self.trainer.is_global_zero:
             self.logger.log_metrics({"system/param_shard_fraction": local / total}, step=0)
@@ -143,8 +147,9 @@ class GPT2LightningModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:
-            total = torch.nn.utils.get_total_norm(grads, foreach=True)  # sharded (FSDP2): local norms, then one
-            if hasattr(total, "full_tensor"):  # reduction across ranks
+            # Sharded (FSDP2): a DTensor of local norms, made whole by one reduction across ranks.
+            total = torch.nn.utils.get_total_norm(grads, foreach=True)
+            if is_sharded(total):
                 total = total.full_tensor()
             self.log("train/grad_norm", total)
 
@@ -204,11 +209,10 @@ class GPT2LightningModule(L.LightningModule):
                     "with the run's own config (its config.yaml sits next to the logs), or start a new run from "
                     "its weights with model.init_from."
                 )
-        if self._trainer is not None and self.trainer.state.fn == "fit":
+        if is_attached(self) and self.trainer.state.fn == "fit":
             self._refuse_changed_optimisation(checkpoint.get("hyper_parameters", {}))
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if "._orig_mod." in k or k.startswith("_orig_mod.")]:  # torch.compile'd elsewhere
-            state[key.replace("_orig_mod.", "")] = state.pop(key)
+        if "state_dict" in checkpoint:
+            checkpoint["state_dict"] = strip_compile_prefix(checkpoint["state_dict"])
         self._rng_state = checkpoint.get("torch_rng_state")
 
     def _refuse_changed_optimisation(self, saved: dict) -> None:
@@ -242,25 +246,3 @@ def lr_factor(step: int, warmup: int, decay_steps: int, min_ratio: float) -> flo
         return min_ratio
     progress = (step - warmup) / max(1, decay_steps - warmup)
     return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
-
-
-def load_trained_model(path: str | os.PathLike) -> GPT:
-    """The GPT inside a Lightning checkpoint `gpt2-lightning fit` wrote (single file or sharded), in eval mode: the
-    architecture from the module's hyperparameters, the weights from its `model.` submodule, every one checked."""
-    path = Path(path)
-    try:
-        checkpoint = read_lightning_checkpoint(path)
-        config = checkpoint["hyper_parameters"]["config"]
-        state = checkpoint["state_dict"]
-    except CheckpointError:
-        raise
-    except Exception as err:
-        raise CheckpointError(
-            f"{path} is not a readable gpt2-lightning training checkpoint ({type(err).__name__}: {err})"
-        ) from err
-    config = config if isinstance(config, GPTConfig) else config_from_own(dict(config))
-    prefix = "model."  # GPT2LightningModule holds the GPT as `self.model`
-    weights = {k.removeprefix(prefix).replace("_orig_mod.", ""): v for k, v in state.items() if k.startswith(prefix)}
-    model = GPT(config)
-    load_state_dict_strict(model, weights, source=str(path))
-    return model.eval()

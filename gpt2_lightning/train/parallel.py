@@ -2,7 +2,7 @@
 
 The token embedding and the LM head share one weight, so they must live in the same `fully_shard` group; leaving
 both to the root group keeps the tie intact after sharding and after a reload. Called from the LightningModule's
-`configure_model` under `ModelParallelStrategy`.
+`configure_model` under `ModelParallelStrategy`; `is_sharded` tells its DTensors apart.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor
 
 from gpt2_lightning.model import GPT
 
@@ -23,3 +24,8 @@ def shard_model(model: GPT, mesh: DeviceMesh, bf16: bool = False) -> GPT:
     fully_shard(model, **kwargs)
     register_fsdp_forward_method(model, "loss")  # the training loss gathers and frees the root's weights as forward does
     return model
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is a DTensor (a shard of a parameter under FSDP2), whose full value needs a collective."""
+    return isinstance(tensor, DTensor)

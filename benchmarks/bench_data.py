@@ -166,8 +166,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     big = generate(work / f"corpus-{args.mb:g}mb.jsonl", args.mb)
     small = prefix(big, work / f"corpus-{args.mb / 10:g}mb.jsonl", args.mb / 10)
-    print(f"torch {torch.__version__}; corpus {big.stat().st_size / 1e6:.0f} MB and {small.stat().st_size / 1e6:.0f} MB "
-          f"(JSONL); block {BLOCK}, batch {BATCH}\n")
+    print(f"torch {torch.__version__}; corpus {big.stat().st_size / 1e6:.0f} MB and "
+          f"{small.stat().st_size / 1e6:.0f} MB (JSONL); block {BLOCK}, batch {BATCH}\n")
 
     ceiling = cpu_scaling()
     one = time_prepare(big, work / "cache-1", 1)
@@ -178,8 +178,8 @@ def main() -> None:
     print(f"| num_proc 1 | {one:.1f} | 1.00× |\n| num_proc 2 | {two:.1f} | {two / one:.2f}× |")
     print(f"\n2 CPU-bound processes on this machine right now: {ceiling:.2f}× one (the ceiling for the row above)")
     print(f"\n{manifest['documents']:,} documents, {manifest['tokens']:,} tokens, "
-          f"{manifest['tokens'] * 2 / 1e6:.0f} MB of shards ({big.stat().st_size / manifest['tokens'] / 2:.1f}× smaller "
-          "than the text)\n")
+          f"{manifest['tokens'] * 2 / 1e6:.0f} MB of shards "
+          f"({big.stat().st_size / manifest['tokens'] / 2:.1f}× smaller than the text)\n")
 
     cache = work / "cache-2"
     anchor = nanogpt_get_batch_tokens_per_sec(cache)
@@ -195,12 +195,14 @@ def main() -> None:
         print(f"| {position:,} | " + " | ".join(cells) + " |")
 
     print("\n| validation pass (500k tokens, one rank) | seconds | batches |\n|---|---:|---:|")
-    for name, file, c in ((f"{args.mb / 10:g} MB corpus", small, work / "cache-small"), (f"{args.mb:g} MB corpus", big, cache)):
+    for name, file, c in ((f"{args.mb / 10:g} MB corpus", small, work / "cache-small"),
+                          (f"{args.mb:g} MB corpus", big, cache)):
         seconds, n = validation_pass(module(file, c, 0, val_size=500_000))
         print(f"| {name} | {seconds:.3f} | {n} |")
 
     print("\n| reading 3000 batches | peak anonymous memory | peak RSS incl. mapped shards |\n|---|---:|---:|")
-    for name, file, c in ((f"{args.mb / 10:g} MB corpus", small, work / "cache-small"), (f"{args.mb:g} MB corpus", big, cache)):
+    for name, file, c in ((f"{args.mb / 10:g} MB corpus", small, work / "cache-small"),
+                          (f"{args.mb:g} MB corpus", big, cache)):
         anon, rss = memory(file, c)
         print(f"| {name} | {anon:.0f} MB | {rss:.0f} MB |")
 

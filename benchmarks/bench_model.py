@@ -132,7 +132,8 @@ def bench_decode(repeats: int, new_tokens: int = 128) -> list[tuple]:
     def hf():
         return theirs.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
-    assert torch.equal(generate(ours, prompt, new_tokens, Sampling(temperature=0.0)), hf()), "float32 greedy tokens differ"
+    assert torch.equal(generate(ours, prompt, new_tokens, Sampling(temperature=0.0)), hf()), (
+        "float32 greedy tokens differ")
     start = time.perf_counter()
     compiled_tokens = generate(ours, prompt, new_tokens, Sampling(temperature=0.0), compile=True)
     print(f"  generate(compile=True), first call (compiling): {time.perf_counter() - start:.1f} s (not counted below)")
@@ -142,9 +143,10 @@ def bench_decode(repeats: int, new_tokens: int = 128) -> list[tuple]:
         "gpt2-lightning generate, float32": (lambda: generate(ours, prompt, new_tokens, Sampling(temperature=0.0)),
                                              weight_bytes_per_token(ours)),
         "gpt2-lightning generate(compile=True), float32": (
-            lambda: generate(ours, prompt, new_tokens, Sampling(temperature=0.0), compile=True), weight_bytes_per_token(ours)),
-        "gpt2-lightning generate, bfloat16 weights": (lambda: generate(bf16, prompt, new_tokens, Sampling(temperature=0.0)),
-                                                      weight_bytes_per_token(bf16)),
+            lambda: generate(ours, prompt, new_tokens, Sampling(temperature=0.0), compile=True),
+            weight_bytes_per_token(ours)),
+        "gpt2-lightning generate, bfloat16 weights": (
+            lambda: generate(bf16, prompt, new_tokens, Sampling(temperature=0.0)), weight_bytes_per_token(bf16)),
         "gpt2-lightning generate, int8 weights": (lambda: generate(int8, prompt, new_tokens, Sampling(temperature=0.0)),
                                                   weight_bytes_per_token(int8)),
     }
@@ -166,7 +168,8 @@ def bench_windowed_decode(repeats: int, new_tokens: int = 128) -> tuple[list[tup
     first_call, graphs = time.perf_counter() - start, torch._dynamo.utils.counters["stats"]["unique_graphs"]
     contenders = {
         "generate, float32": lambda: generate(model, prompt, new_tokens, Sampling(temperature=0.0)),
-        "generate(compile=True), float32": lambda: generate(model, prompt, new_tokens, Sampling(temperature=0.0), compile=True),
+        "generate(compile=True), float32": lambda: generate(model, prompt, new_tokens, Sampling(temperature=0.0),
+                                                            compile=True),
     }
     times = interleaved_seconds(contenders, repeats)
     return [(name, [t / new_tokens for t in times[name]]) for name in contenders], first_call, graphs, identical

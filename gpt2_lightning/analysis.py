@@ -322,7 +322,8 @@ def recall_probe(budget: Budget, runs: Path, img: Path) -> tuple[str, dict]:
     plt = _plt()
     fig, (ax_p, ax_d) = plt.subplots(1, 2, figsize=(10, 4))
     for name, per_seed in results.items():
-        ax_p.errorbar(task.train_pairs, [statistics.mean(r["by_pairs"][str(p)] for r in per_seed) for p in task.train_pairs],
+        ax_p.errorbar(task.train_pairs,
+                      [statistics.mean(r["by_pairs"][str(p)] for r in per_seed) for p in task.train_pairs],
                       yerr=[_mean_sd([r["by_pairs"][str(p)] for r in per_seed])[1] for p in task.train_pairs],
                       marker="o", capsize=3, label=name)
         mids = [(edges[b] + edges[b + 1]) / 2 for b in range(len(edges) - 1)]
@@ -378,7 +379,8 @@ def passkey_probe(budget: Budget, runs: Path, img: Path) -> tuple[str, dict]:
     task, w = Passkey(), PROBE_WINDOW
     reach = PROBE.n_layer * (w - 1)
     distances = sorted({8, 16, reach - 2, reach, reach + 1, reach + 2, 2 * reach, task.length - 1})
-    variants = {"full attention": {"pos_encoding": "rope"}, f"window {w}": {"pos_encoding": "rope", "sliding_window": w}}
+    variants = {"full attention": {"pos_encoding": "rope"},
+                f"window {w}": {"pos_encoding": "rope", "sliding_window": w}}
 
     def run(fields: dict, seed: int) -> dict:
         model = train_probe(task, PROBE.config(task, **fields), PROBE, budget.passkey_steps, seed)
@@ -410,7 +412,8 @@ def passkey_probe(budget: Budget, runs: Path, img: Path) -> tuple[str, dict]:
     retrieves_within = all(mean[windowed][d] > band for d in within)
     full_holds = all(mean["full attention"][d] > band for d in distances)
     findings = {"falls": falls, "full": full_holds, "reach": reach}
-    text = f"""**Expected.** A query reaches a position d back only through a chain of windows, at most L·(w−1) = {reach}
+    text = f"""\
+**Expected.** A query reaches a position d back only through a chain of windows, at most L·(w−1) = {reach}
 positions with L = {PROBE.n_layer}, w = {w}: the windowed model should retrieve the passkey up to d = {reach} and be at
 chance ({chance:.3f}) beyond it, exactly; full attention should retrieve it at every distance.
 
@@ -487,7 +490,8 @@ def copy_probes(budget: Budget, runs: Path, img: Path) -> tuple[str, str, dict]:
             for name in COPY_VARIANTS]
     rope_vs_learned = welch(counted["rope"], counted["baseline"])
     all_learned = all(s is not None for per_seed in to_learn.values() for s in per_seed)
-    copy_text = f"""**Expected.** Copying a token from a fixed distance back is one attention pattern. With RoPE it is the
+    copy_text = f"""\
+**Expected.** Copying a token from a fixed distance back is one attention pattern. With RoPE it is the
 same relative offset at every position; learned positions must learn it per position pair, so RoPE variants
 should learn it in fewer steps. The offset ({task.segment}) is inside the window ({PROBE_WINDOW}), so windows should not
 slow it, and GQA should not either (one key/value head can hold a position pattern).
@@ -520,7 +524,8 @@ else 'no significant difference at this budget'}) — the expectation
 
     refused = sorted(set(LENGTH_FACTORS) - set(numeric["baseline"]))
     windowed_kept, rope_kept = kept("rope+window"), kept("rope")
-    length_text = f"""**Expected.** Learned positions stop at `block_size`: they must refuse longer input (not extrapolate
+    length_text = f"""\
+**Expected.** Learned positions stop at `block_size`: they must refuse longer input (not extrapolate
 silently). RoPE scores depend on relative position only, but a longer sequence shows the model relative
 distances it never saw in training and more distractors: its accuracy may drop. RoPE + a window sees at
 every length exactly what it saw in training (w = {PROBE_WINDOW} ≥ the copy distance), so it should hold its accuracy.
@@ -531,8 +536,9 @@ sequences at each length):
 {_table(['variant'] + [f'{f}× ({f * task.length})' for f in LENGTH_FACTORS], length_rows)}
 
 **Result:** learned positions {'refused ' + ', '.join(f'{f}×' for f in refused) + ' with the error shown' if refused
-else 'did not refuse'} ({_held(bool(refused))}); RoPE + window {'stayed within ' + f'{HOLDS}' + ' of its 1× accuracy at every length' if
-windowed_kept else 'lost more than ' + f'{HOLDS}'} ({_held(windowed_kept)}); RoPE alone {'also held' if rope_kept else
+else 'did not refuse'} ({_held(bool(refused))}); RoPE + window {
+'stayed within ' + f'{HOLDS}' + ' of its 1× accuracy at every length' if windowed_kept
+else 'lost more than ' + f'{HOLDS}'} ({_held(windowed_kept)}); RoPE alone {'also held' if rope_kept else
 'lost accuracy at longer lengths, as allowed for'}."""
     findings = {"copy": rope_vs_learned, "refused": bool(refused), "windowed_kept": windowed_kept,
                 "rope_kept": rope_kept}
@@ -649,7 +655,8 @@ and {budget.n_layer} layers reach {budget.n_layer * (budget.window - 1)} positio
 land near RoPE.
 
 **Measured.** {budget.n_layer} layers × {budget.n_embd} wide, {budget.n_head} heads, block {budget.block_size}, window
-{budget.window}, batch {budget.batch_size}, {budget.steps} steps ({budget.steps * budget.batch_size * budget.block_size:,}
+{budget.window}, batch {budget.batch_size}, {budget.steps} steps \
+({budget.steps * budget.batch_size * budget.block_size:,}
 tokens per run), seeds {list(budget.seeds)} (same data order per seed for every variant), {_corpus_line(budget, data)}
 The unigram loss ({unigram:.3f} nats) is the loss of a model that ignores context: the baseline ended
 {abs(below):.3f} nats {'below' if below < 0 else 'above'} it.
@@ -671,7 +678,8 @@ def _corpus_line(budget: Budget, data: CompactData) -> str:
     corpus = ("the builtin corpus (Python's pydoc topics, ~465 KB; the tiny budget only)" if budget.corpus == "builtin"
               else "the reference English corpus (State of the Union addresses and *Moby-Dick*, ~12 MB: "
                    "`gpt2_lightning/english.py` states provenance and licence)")
-    return (f"{corpus}, {data.cache.n_tokens:,} GPT-2 tokens, in a compact vocabulary of the {budget.vocab_size - 1} most "
+    return (f"{corpus}, {data.cache.n_tokens:,} GPT-2 tokens, in a compact vocabulary of the "
+            f"{budget.vocab_size - 1} most "
             f"frequent training tokens plus one rare-token id ({data.vocab.coverage:.1%} of training tokens kept).")
 
 
@@ -689,7 +697,8 @@ def sample_without_rare(model: GPT, ids: torch.Tensor, new: int, rare: int, gene
     for _ in range(new):
         logits = model(ids)[:, -1]
         logits[:, rare] = logits.min(dim=-1).values - 1.0  # the lowest: top-k never keeps it
-        ids = torch.cat([ids, sample_next_token(logits, Sampling(temperature=0.8, top_k=40, generator=generator))[:, None]], dim=1)
+        ids = torch.cat(
+            [ids, sample_next_token(logits, Sampling(temperature=0.8, top_k=40, generator=generator))[:, None]], dim=1)
     return ids
 
 
@@ -723,7 +732,8 @@ def contextual(budget: Budget, results: dict[str, list[dict]], quality: dict) ->
         samples.append(cells)
     text = f"""**Expected.** A word the passage names earlier is predictable from the passage and not from the last
 few tokens; a model that uses its context should give it a higher probability (and, once good enough, the top
-rank) from the full {budget.block_size}-token passage than from the last {LOCAL_CONTEXT} tokens (LAMBADA's idea, with the
+rank) from the full {budget.block_size}-token passage than from the last {LOCAL_CONTEXT} tokens \
+(LAMBADA's idea, with the
 selection made by rule instead of by people).
 
 **Measured** ({len(answers)} held-out passages whose next token completes a word of 4+ letters that is not
@@ -821,7 +831,7 @@ CHALLENGES = """\
   past `block_size` with the cache and compares to full recompute guards this.
 - **GQA head mapping and weight conversion.** Query head i must read K/V head i // (n_head / n_kv_head) —
   the mapping of SDPA's `enable_gqa` (`attention.py`); `mha_to_gqa` pools *consecutive* heads to match
-  (`model.py`), tested exact on grouped-equal heads. A conversion that pooled strided heads would load
+  (`checkpoints/convert.py`), tested exact on grouped-equal heads. A conversion that pooled strided heads would load
   fine and silently be worse.
 - **Window edges.** "Window w" means w keys including the current one (Mistral / transformers), not w
   previous tokens; the mask, the banded kernel, the rolling cache and the receptive-field test
@@ -834,9 +844,9 @@ CHALLENGES = """\
 - **Kernel choice and compile cost.** A dense (T, T) window mask through SDPA does the full T² work; FlexAttention
   needs `torch.compile` on CPU (~12 s first call) and then was no faster; the eager banded kernel
   (`banded_attention`) is O(T·w) and exact (tests against the written-out reference, values and gradients).
-- **FSDP wrapping.** FSDP2 (`parallel.py`) shards each block, then the root; the tied `wte` / `lm_head` weight
+- **FSDP wrapping.** FSDP2 (`train/parallel.py`) shards each block, then the root; the tied `wte` / `lm_head` weight
   must stay in one unit (the root), checked after sharding; the root stays unsharded after a forward until
-  `reshard()`, which the per-rank memory report has to account for (`module.py`).
+  `reshard()`, which the per-rank memory report has to account for (`train/module.py`).
 """
 
 
@@ -853,7 +863,8 @@ def _verdict(budget: Budget, f: dict) -> str:
     recall, passkey, copy = f["recall"], f["passkey"], f["copy"]
     cost = (f"sharing key/value heads first cost recall significantly at {recall['cost']}" if recall["cost"]
             else "no level of key/value sharing cost recall significantly")
-    return f"""- **RoPE** — no position table, relative positions only. Copying at a fixed offset: {copy['copy']} steps against
+    return f"""\
+- **RoPE** — no position table, relative positions only. Copying at a fixed offset: {copy['copy']} steps against
   learned positions ({'faster' if copy['copy'].significant and copy['copy'].diff < 0 else 'slower' if
   copy['copy'].significant else 'no significant difference'}); past the training length it
   {'kept' if copy['rope_kept'] else 'lost'} its copy accuracy alone, while learned positions
@@ -864,10 +875,12 @@ def _verdict(budget: Budget, f: dict) -> str:
 - **Sliding window** — attention cost and cache O(T·w) and O(w). The passkey probe
   {'confirmed' if passkey['falls'] and passkey['full'] else 'did not confirm'} the hard limit: retrieval
   {'at chance' if passkey['falls'] else 'not at chance'} past L·(w−1) = {passkey['reach']} positions, full attention
-  {'retrieving at every distance' if passkey['full'] else 'not retrieving everywhere'}. Language modelling: {quality('window')}.
+  {'retrieving at every distance' if passkey['full']
+   else 'not retrieving everywhere'}. Language modelling: {quality('window')}.
 - **RoPE + window** — the only variant that runs at any length with what it trained on: copy accuracy
   {'held' if copy['windowed_kept'] else 'did not hold'} to 8× the training length; with GQA on text, the loss
-  {'held' if f['extrapolation']['window_ok'] else 'did not hold'} to 4×. Language modelling (with GQA-2): {quality('rope+gqa2+window')}.
+  {'held' if f['extrapolation']['window_ok']
+   else 'did not hold'} to 4×. Language modelling (with GQA-2): {quality('rope+gqa2+window')}.
 
 Scale: these are {budget.n_layer}-layer, {budget.n_embd}-wide models and 2-layer probes trained on 2 CPU cores.
 They establish mechanisms (what a window cannot see, what a position encoding refuses or keeps) with
@@ -930,8 +943,10 @@ def analyze(
                   f"into `{runs}` took when they were measured") if REUSED["runs"] else ""
     doc = f"""# What each attention variant costs and buys
 
-Generated by `{command}` ({budget_name} budget: {BUDGET_NOTES[budget_name]}) on {time.strftime('%Y-%m-%d')} — {hardware};
-seeds {list(budget.probe_seeds)} (probes) and {list(budget.seeds)} (language models); wall time {minutes:.1f} minutes{reuse_note}.
+Generated by `{command}` ({budget_name} budget: {BUDGET_NOTES[budget_name]}) on {time.strftime('%Y-%m-%d')} \
+— {hardware};
+seeds {list(budget.probe_seeds)} (probes) and {list(budget.seeds)} (language models); \
+wall time {minutes:.1f} minutes{reuse_note}.
 Nothing here is edited by hand: every number, and every "held" / "did not hold", is computed by
 `gpt2_lightning/analysis.py` from this run's measurements. Comparisons between variants are Welch t-tests over
 seeds (difference of means, its 95% confidence interval, p); "significant" means p < {SIGNIFICANCE}.

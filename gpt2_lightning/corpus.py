@@ -141,7 +141,8 @@ class Corpus:
                 changed.append(f"{name} (missing)")
                 continue
             stat = path.stat()
-            if (stat.st_size, stat.st_mtime_ns) != (was["bytes"], was["mtime_ns"]) and file_digest(path) != was["sha256"]:
+            if ((stat.st_size, stat.st_mtime_ns) != (was["bytes"], was["mtime_ns"])
+                    and file_digest(path) != was["sha256"]):
                 changed.append(name)
         return changed
 
@@ -173,7 +174,8 @@ def _jsonl(path: Path, text_column: str, digest) -> Iterator[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: malformed JSON ({err.msg}); each line must be one JSON object") from None
+                raise DataError(f"{path}:{line_no}: malformed JSON ({err.msg}); "
+                                "each line must be one JSON object") from None
             yield _text_of(record, text_column, f"{path}:{line_no}")
 
 
@@ -185,9 +187,11 @@ def _parquet(path: Path, text_column: str, digest) -> Iterator[str]:
     try:
         file = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as err:
-        raise DataError(f"{path}: not a readable Parquet file ({err}); re-export it or remove it from data.paths") from err
+        raise DataError(f"{path}: not a readable Parquet file ({err}); "
+                        "re-export it or remove it from data.paths") from err
     if text_column not in file.schema_arrow.names:
-        raise DataError(f"{path} has no column {text_column!r} (it has {file.schema_arrow.names}); set data.text_column")
+        raise DataError(f"{path} has no column {text_column!r} (it has {file.schema_arrow.names}); "
+                        "set data.text_column")
     row = 0
     for batch in file.iter_batches(columns=[text_column]):
         for value in batch.column(0).to_pylist():

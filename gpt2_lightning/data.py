@@ -132,8 +132,9 @@ class PositionedLoader(DataLoader):
     both cases and the dataset copies sent to worker processes carry it. The loader draws its worker seeds from
     a generator of its own: starting an iteration must not advance the global torch RNG, which dropout uses and
     a checkpoint restores (an epoch or validation pass would otherwise shift every later dropout mask).
-    Workers send the uint16 windows as they are (a 24 KB pickle per GPT-2 batch, not two int64 tensors through
-    shared memory: 5× less per-batch overhead); widening to int64 happens here, in the consuming process.
+    Workers send the uint16 windows as they are (one small pickle per batch, not two int64 tensors through shared
+    memory, which measured slower per batch: docs/performance.md); widening to int64 happens here, in the
+    consuming process.
     """
 
     def __init__(self, dataset: TokenWindows, position: Callable[[], int], **kwargs) -> None:
@@ -187,7 +188,8 @@ class GPT2DataModule(L.LightningDataModule):
         if num_workers < 0 or (num_proc is not None and num_proc < 1):
             raise DataError(f"data.num_workers must be >= 0 and data.num_proc >= 1, got {num_workers}, {num_proc}")
         check_val_size(val_size)
-        self.corpus = Corpus(source, [paths] if isinstance(paths, str) else paths, dataset, revision, split, text_column)
+        self.corpus = Corpus(source, [paths] if isinstance(paths, str) else paths, dataset, revision, split,
+                             text_column)
         self.block_size, self.batch_size, self.val_size = block_size, batch_size, val_size
         self.num_workers, self.num_proc, self.cache_dir, self.seed = num_workers, num_proc, cache_dir, seed
         self.start_batch = 0  # the position without a trainer (benchmarks, tests); with one, the trainer's

@@ -100,7 +100,8 @@ class KVCache:
     def for_model(cls, model: GPT, batch_size: int, max_len: int) -> KVCache:
         """An empty cache for `max_len` positions of `model`, on its device and in its dtype."""
         c, weight = model.config, model.transformer.wte.weight
-        return cls(c.n_layer, batch_size, c.kv_heads, c.head_dim, max_len, c.sliding_window, weight.device, weight.dtype)
+        return cls(c.n_layer, batch_size, c.kv_heads, c.head_dim, max_len, c.sliding_window, weight.device,
+                   weight.dtype)
 
     @property
     def nbytes(self) -> int:

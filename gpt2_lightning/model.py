@@ -37,7 +37,8 @@ class Cache(Protocol):
     pos: int  # positions [0, pos) are cached; new ids continue the sequence from here
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store layer `layer`'s (B, nkv, T, hs) new keys/values; return the (B, nkv, S, hs) keys/values to attend to."""
+        """Store layer `layer`'s (B, nkv, T, hs) new keys/values; return the (B, nkv, S, hs) keys/values to
+        attend to."""
 
 
 class CausalSelfAttention(nn.Module):

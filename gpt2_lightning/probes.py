@@ -29,10 +29,9 @@ from torch.utils.data import DataLoader, IterableDataset
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.errors import UsageError
 from gpt2_lightning.experiment import train_quietly
+from gpt2_lightning.lm_loss import IGNORE_INDEX
 from gpt2_lightning.model import GPT
 from gpt2_lightning.train.module import GPT2LightningModule
-
-IGNORE = -100  # F.cross_entropy's default ignore_index
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -69,7 +68,8 @@ class AssociativeRecall:
     def max_length(self) -> int:
         return 4 * max(self.train_pairs) - 1
 
-    def sample(self, batch: int, generator: torch.Generator, pairs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(self, batch: int, generator: torch.Generator,
+               pairs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inputs, targets, distances): distances (batch, pairs) of each query from its key, in positions."""
         keys = _distinct(batch, pairs, self.n_keys, generator)
         values = _random_tokens((batch, pairs), self.n_keys, self.vocab_size, generator)
@@ -77,7 +77,7 @@ class AssociativeRecall:
         seq = torch.empty(batch, 4 * pairs, dtype=torch.long)
         seq[:, 0 : 2 * pairs : 2], seq[:, 1 : 2 * pairs : 2] = values, keys
         seq[:, 2 * pairs :: 2], seq[:, 2 * pairs + 1 :: 2] = keys.gather(1, order), values.gather(1, order)
-        inputs, targets = seq[:, :-1], torch.full((batch, 4 * pairs - 1), IGNORE)
+        inputs, targets = seq[:, :-1], torch.full((batch, 4 * pairs - 1), IGNORE_INDEX)
         targets[:, 2 * pairs :: 2] = seq[:, 2 * pairs + 1 :: 2]
         query_at = 2 * pairs + 2 * torch.arange(pairs)
         return inputs, targets, query_at - (2 * order + 1)
@@ -125,7 +125,7 @@ class Passkey:
         inputs[rows, at] = keys
         after = torch.rand(batch, self.queries, generator=generator)  # query positions in (at, length)
         query_at = at[:, None] + 1 + (after * (self.length - 1 - at)[:, None]).long()
-        targets = torch.full_like(inputs, IGNORE)
+        targets = torch.full_like(inputs, IGNORE_INDEX)
         inputs[rows[:, None], query_at] = self.query
         targets[rows[:, None], query_at] = keys[:, None]
         return inputs, targets
@@ -135,7 +135,7 @@ class Passkey:
             raise UsageError(f"a passkey distance must be in [1, {self.length - 1}], got {distance}")
         inputs, keys = self._filled(batch, generator)
         inputs[:, -1 - distance], inputs[:, -1] = keys, self.query
-        targets = torch.full_like(inputs, IGNORE)
+        targets = torch.full_like(inputs, IGNORE_INDEX)
         targets[:, -1] = keys
         return inputs, targets
 
@@ -167,7 +167,7 @@ class RepeatedSegments:
         seq = torch.cat([fresh, fresh], dim=2).flatten(1)[:, : length + 1]
         offset = torch.arange(1, length + 1) % period  # where each target sits in its segment pair
         determined = offset > self.segment
-        targets = torch.where(determined, seq[:, 1:], torch.full_like(seq[:, 1:], IGNORE))
+        targets = torch.where(determined, seq[:, 1:], torch.full_like(seq[:, 1:], IGNORE_INDEX))
         return seq[:, :-1].contiguous(), targets
 
     def batch(self, batch: int, generator: torch.Generator) -> Batch:
@@ -228,7 +228,7 @@ def accuracy(model: GPT, inputs: torch.Tensor, targets: torch.Tensor) -> torch.T
     model.eval()
     predicted = model(inputs).argmax(-1)
     model.train(was_training)
-    scored = targets != IGNORE
+    scored = targets != IGNORE_INDEX
     return predicted[scored] == targets[scored]
 
 

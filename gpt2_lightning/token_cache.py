@@ -218,7 +218,8 @@ def _write(corpus: Corpus, directory: Path, num_proc: int, val_size: float, shar
     num_proc = num_proc if len(doc_lengths) > 1 else 1  # one chunk is tokenized without starting processes
     lengths = np.concatenate(doc_lengths) if doc_lengths else np.zeros(0, dtype=np.int64)
     if not lengths.size:
-        raise DataError(f"the corpus ({_describe(corpus)}) holds no text: every document is empty; give a corpus with text")
+        raise DataError(f"the corpus ({_describe(corpus)}) holds no text: every document is empty; "
+                        "give a corpus with text")
     doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     n_tokens = int(lengths.sum())
     np.save(directory / "documents.npy", doc_starts)

@@ -2,7 +2,8 @@
 
 import torch
 
-from gpt2_lightning.probes import (IGNORE, AccuracyCurve, AssociativeRecall, Passkey, ProbeModel, RepeatedSegments,
+from gpt2_lightning.lm_loss import IGNORE_INDEX
+from gpt2_lightning.probes import (AccuracyCurve, AssociativeRecall, Passkey, ProbeModel, RepeatedSegments,
                                    accuracy, steps_to, train_probe)
 
 
@@ -11,7 +12,7 @@ def test_associative_recall_targets_are_the_values_bound_to_the_queried_keys():
     inputs, targets, distances = task.sample(8, torch.Generator().manual_seed(0), pairs=6)
     assert inputs.shape == targets.shape == (8, 4 * 6 - 1) and distances.shape == (8, 6)
     for row in range(8):
-        queries = (targets[row] != IGNORE).nonzero().flatten().tolist()
+        queries = (targets[row] != IGNORE_INDEX).nonzero().flatten().tolist()
         assert len(queries) == 6
         for j, q in enumerate(queries):
             key = int(inputs[row, q])
@@ -28,17 +29,17 @@ def test_passkey_queries_answer_the_passkey_at_the_stated_distance():
     for row in range(16):
         key_at = ((inputs[row] >= task.n_filler) & (inputs[row] < task.query)).nonzero().flatten()
         assert len(key_at) == 1
-        for q in (targets[row] != IGNORE).nonzero().flatten().tolist():
+        for q in (targets[row] != IGNORE_INDEX).nonzero().flatten().tolist():
             assert q > key_at and inputs[row, q] == task.query and targets[row, q] == inputs[row, key_at]
     inputs, targets = task.at_distance(4, torch.Generator().manual_seed(1), distance=17)
     assert (inputs[:, -1] == task.query).all() and (targets[:, -1] == inputs[:, -1 - 17]).all()
-    assert ((targets[:, :-1] == IGNORE).all())
+    assert ((targets[:, :-1] == IGNORE_INDEX).all())
 
 
 def test_repeated_segments_targets_copy_from_one_segment_back():
     task = RepeatedSegments(length=48, segment=6, vocab=50)
     inputs, targets = task.sample(4, torch.Generator().manual_seed(0), length=96)
-    set_at = (targets[0] != IGNORE).nonzero().flatten()
+    set_at = (targets[0] != IGNORE_INDEX).nonzero().flatten()
     # in every pair of segments, the copy's tokens after its first: 5 of each 12 positions
     assert len(set_at) == 96 // 12 * 5
     for t in set_at.tolist():

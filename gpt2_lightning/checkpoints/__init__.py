@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -32,7 +32,8 @@ from gpt2_lightning.errors import UsageError
 from gpt2_lightning.hub import resolve_checkpoint
 from gpt2_lightning.model import GPT
 
-FORMATS = ("auto", "hf", "native")
+Format = Literal["auto", "hf", "native"]
+FORMATS = get_args(Format)
 
 
 def read_pretrained(name_or_path: str | os.PathLike) -> tuple[GPTConfig, dict[str, torch.Tensor], str]:
@@ -56,7 +57,7 @@ def load(name_or_path: str | os.PathLike) -> GPT:
     return model.eval()
 
 
-def save(model: GPT, directory: str | os.PathLike, format: Literal["auto", "hf", "native"] = "auto") -> Path:
+def save(model: GPT, directory: str | os.PathLike, format: Format = "auto") -> Path:
     """Write config.json + model.safetensors. "hf": transformers' GPT-2 format (refused, with the reason, for a
     variant it cannot represent); "native": this package's own, for every variant; "auto": "hf" for plain GPT-2,
     else "native"."""

@@ -62,8 +62,10 @@ def check_distributed_checkpoint(path: Path) -> None:
             _DistributedMetadataUnpickler(f).load()
         except CheckpointError as err:
             raise CheckpointError(f"{index}: {err}") from None
-        except (*UNREADABLE, AttributeError, ImportError, IndexError, TypeError, ValueError) as err:  # a damaged pickle
-            raise CheckpointError(f"{index} is unreadable ({type(err).__name__}: {err}): the checkpoint is damaged") from err
+        except (*UNREADABLE, AttributeError, ImportError, IndexError, KeyError, TypeError, ValueError) as err:
+            # what unpickling damaged bytes raises
+            raise CheckpointError(f"{index} is unreadable ({type(err).__name__}: {err}): "
+                                  "the checkpoint is damaged") from err
 
 
 def _load(path: Path, mmap: bool = False) -> dict:

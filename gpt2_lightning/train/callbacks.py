@@ -87,7 +87,8 @@ class PreemptionCheckpoint(L.Callback):
         self.last_path = os.fspath(last_path)
         self.preempted = False
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # mid-accumulation: the data position and RNG state are exact only at a step boundary
         received = bool(getattr(trainer, "received_sigterm", False))

@@ -45,8 +45,9 @@ class GPT2LightningModule(L.LightningModule):
             min_learning_rate: where the cosine decay ends, at `lr_decay_steps` (default: trainer.max_steps).
             weight_decay: AdamW decay on weight matrices only (not biases, LayerNorms or embeddings).
             betas: AdamW betas.
-            init_from: any checkpoint `gpt2_lightning.checkpoints.load` reads, to fine-tune from; its architecture wins over `config`,
-                except dropout, n_kv_head (converted with mha_to_gqa) and sliding_window, applied on top.
+            init_from: any checkpoint `gpt2_lightning.checkpoints.load` reads, to fine-tune from; its architecture
+                wins over `config`, except dropout, n_kv_head (converted with mha_to_gqa) and sliding_window, applied
+                on top.
             compile: torch.compile each transformer block (state-dict keys stay unprefixed; the first steps compile).
             peak_flops: FLOP/s per device that MFU divides by (default: Lightning's table for GPUs at the training
                 precision, this CPU's measured fp32 matmul rate on CPUs); logged once as system/peak_flops.
@@ -188,7 +189,8 @@ class GPT2LightningModule(L.LightningModule):
         if decay_steps is None or decay_steps <= 0:
             raise UsageError("set trainer.max_steps (or model.lr_decay_steps): the cosine schedule needs a length")
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, hp.warmup_steps, decay_steps, hp.min_learning_rate / hp.learning_rate)
+            optimizer,
+            lambda step: lr_factor(step, hp.warmup_steps, decay_steps, hp.min_learning_rate / hp.learning_rate)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

@@ -22,7 +22,8 @@ def shard_model(model: GPT, mesh: DeviceMesh, bf16: bool = False) -> GPT:
     for block in model.transformer.h:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
-    register_fsdp_forward_method(model, "loss")  # the training loss gathers and frees the root's weights as forward does
+    # the training loss gathers and frees the root's weights as forward does
+    register_fsdp_forward_method(model, "loss")
     return model
 
 

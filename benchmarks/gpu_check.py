@@ -26,10 +26,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_data import generate as generate_corpus  # noqa: E402  (the same synthetic corpus as the data benchmark)
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+from helpers import logged_scalars as scalars  # noqa: E402  (the tests' reader of a run's TensorBoard scalars)
+
 from gpt2_lightning.attention import attention  # noqa: E402
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.generate import Sampling, generate  # noqa: E402
-from gpt2_lightning.measure import logged_scalars as scalars  # noqa: E402
 from gpt2_lightning.model import GPT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,9 +6,7 @@ so that its peak RSS is its own.
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -24,20 +22,6 @@ from gpt2_lightning.model import GPT
 
 ATTENTION_KINDS = ["full causal", "window 256", "window 1024", "window 256, dense mask"]
 N_HEAD, HEAD_DIM = 12, 64  # GPT-2 small's heads
-
-
-def logged_scalars(root: str | os.PathLike, tag: str, versions: str = "lightning_logs/version_*") -> dict[int, float]:
-    """{step: value} of a TensorBoard scalar a run logged, over every version under root (later versions win);
-    `versions=""` reads the one version directory `root`."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    values = {}
-    for path in sorted(glob.glob(os.path.join(root, versions))):
-        events = EventAccumulator(path)
-        events.Reload()
-        if tag in events.Tags()["scalars"]:
-            values.update({e.step: e.value for e in events.Scalars(tag)})
-    return values
 
 
 def median_ms(fn, repeats: int = 3) -> float:

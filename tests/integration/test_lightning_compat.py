@@ -22,7 +22,8 @@ CONFIG = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)
 
 def tiny_fit(steps: int, callbacks: list, logger=False) -> L.Trainer:
     """`steps` optimizer steps of a one-layer GPT on random tokens, in this process."""
-    ids = torch.randint(0, CONFIG.vocab_size, (4 * steps, CONFIG.block_size + 1), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, CONFIG.vocab_size, (4 * steps, CONFIG.block_size + 1),
+                        generator=torch.Generator().manual_seed(0))
     loader = DataLoader(TensorDataset(ids[:, :-1], ids[:, 1:]), batch_size=4)
     trainer = L.Trainer(max_steps=steps, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=callbacks, log_every_n_steps=1, accelerator="cpu")

@@ -1,10 +1,13 @@
-"""Generation: KV cache against full recompute, greedy against transformers, sampling controls, the CLI."""
+"""Generation: greedy against transformers, compiled against eager, sampling controls, the CLI.
+
+(The KV cache against full recompute, chunked prefill and the block_size refusal, for every variant:
+test_variants.py.)"""
 
 import re
 
 import pytest
 import torch
-from conftest import greedy_by_recompute
+from helpers import make_hf_model, save_layout
 
 from gpt2_lightning.checkpoints import load
 from gpt2_lightning.cli import main
@@ -46,35 +49,6 @@ def test_compiled_decoding_equals_eager(fields):
     # window, before and after the buffer fills): a graph per position would hit torch.compile's recompile limit
     # (8) and fall back to eager for the rest of the text.
     assert 1 <= graphs <= 3, f"{graphs} graphs for 19 decoding steps"
-
-
-def test_kv_cache_equals_full_recompute():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=101, block_size=64, n_layer=3, n_head=4, n_embd=32)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(10)  # larger weights so greedy decoding does not collapse onto one token
-    prompt = torch.randint(0, 101, (3, 9))
-    cached = generate(model, prompt, 55, Sampling(temperature=0.0))
-    assert torch.equal(cached, greedy_by_recompute(model, prompt, 55))
-
-
-def test_cached_logits_equal_full_forward_for_chunked_prefill():
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=101, block_size=64, n_layer=2, n_head=4, n_embd=32)
-    model = GPT(config).eval()
-    x = torch.randint(0, 101, (2, 30))
-    cache = KVCache.for_model(model, 2, 30)
-    with torch.no_grad():
-        chunks = [model(x[:, a:b], cache) for a, b in [(0, 7), (7, 8), (8, 20), (20, 30)]]
-        torch.testing.assert_close(torch.cat(chunks, 1), model(x), atol=1e-5, rtol=1e-5)
-    assert cache.pos == 30
-
-
-def test_generation_past_block_size_names_block_size():
-    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=8))
-    with pytest.raises(ValueError, match="longer than block_size=16"):
-        generate(model, torch.zeros(1, 10, dtype=torch.long), 7)
 
 
 def test_sampling_is_reproducible_with_a_generator_and_respects_top_k():
@@ -131,8 +105,6 @@ def test_eos_pads_finished_rows_and_stops_when_all_are_done():
 
 def test_cli_generate_prints_prompt_and_greedy_continuation(tmp_path, capsys):
     # The packaged tokenizer needs a 50257-token vocabulary: a small model with GPT-2's vocab size.
-    from conftest import make_hf_model, save_layout
-
     from gpt2_lightning.tokenizer import get_tokenizer
 
     reference = make_hf_model(n_layer=1, n_head=2, n_embd=16, n_positions=64, vocab_size=50257)
@@ -152,7 +124,8 @@ def test_cli_generate_prints_prompt_and_greedy_continuation(tmp_path, capsys):
     produced = expected.shape[1] - ids.shape[1]  # the eos token, if reached, counts: it was generated
     # the report is stderr's last line (transformers' save progress comes before it)
     assert re.search(rf"\[1 sample\(s\), {produced} new tokens in [\d.]+ s \([\d.]+ tokens/s\) from "
-                        rf"{re.escape(str(directory))} \(\d[\d,]+ parameters, float32\) on cpu, seed 1337\]\n$", captured.err)
+                     rf"{re.escape(str(directory))} \(\d[\d,]+ parameters, float32\) on cpu, seed 1337\]\n$",
+                     captured.err)
 
 
 def test_cli_reports_bad_checkpoint_and_offline_download(tmp_path, capsys, monkeypatch):

@@ -43,7 +43,10 @@ def test_round_trip_of_awkward_text(text):
 def test_pretokenization_follows_gpt2_pattern():
     # GPT-2 splits contractions off and leaves a run of spaces as single spaces before " word".
     enc = get_tokenizer()
-    pieces = lambda text: [enc.decode_single_token_bytes(t) for t in enc.encode(text)]
+
+    def pieces(text):
+        return [enc.decode_single_token_bytes(t) for t in enc.encode(text)]
+
     assert pieces("they're") == [b"they", b"'re"]
     assert pieces("    x") == [b" ", b" ", b" ", b" x"]
     assert enc.encode(" the") == [262]

@@ -3,8 +3,16 @@
 import torch
 
 from gpt2_lightning.lm_loss import IGNORE_INDEX
-from gpt2_lightning.probes import (AccuracyCurve, AssociativeRecall, Passkey, ProbeModel, RepeatedSegments,
-                                   accuracy, steps_to, train_probe)
+from gpt2_lightning.probes import (
+    AccuracyCurve,
+    AssociativeRecall,
+    Passkey,
+    ProbeModel,
+    RepeatedSegments,
+    accuracy,
+    steps_to,
+    train_probe,
+)
 
 
 def test_associative_recall_targets_are_the_values_bound_to_the_queried_keys():

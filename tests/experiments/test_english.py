@@ -59,7 +59,8 @@ def test_fetch_refuses_a_tarball_that_does_not_match_its_integrity(tmp_path, mon
 
 def test_fetch_offline_names_the_registry_and_the_offline_budget(tmp_path, monkeypatch):
     monkeypatch.setattr(english, "PACKAGES", {"one": ("http://127.0.0.1:9/pkg.tgz", "sha512-x")})
-    with pytest.raises(UsageError, match=r"could not download http://127.0.0.1:9/pkg.tgz .*npm registry.*--budget tiny"):
+    with pytest.raises(UsageError,
+                       match=r"could not download http://127.0.0.1:9/pkg.tgz .*npm registry.*--budget tiny"):
         fetch_reference_corpus(tmp_path / "corpus")
 
 

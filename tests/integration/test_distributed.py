@@ -4,17 +4,14 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from test_training import TINY
+from helpers import CONFIGS, TINY
+from helpers import logged_scalars as scalars
 
 from gpt2_lightning.checkpoints import load
-from gpt2_lightning.measure import logged_scalars as scalars
 from gpt2_lightning.checkpoints.lightning import load_trained_model
-
-CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 def run_cli(root, config, *extra):

@@ -4,15 +4,15 @@ import itertools
 
 import pytest
 import torch
-from conftest import greedy_by_recompute
+from helpers import greedy_by_recompute
 
-from gpt2_lightning.generate import KVCache, Sampling, generate
 from gpt2_lightning.attention import attention, banded_attention, flex_window_attention, reference_attention
 from gpt2_lightning.checkpoints import load, save
-from gpt2_lightning.errors import CheckpointError
-from gpt2_lightning.cli import main
 from gpt2_lightning.checkpoints.convert import mha_to_gqa
+from gpt2_lightning.cli import main
 from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.errors import CheckpointError
+from gpt2_lightning.generate import KVCache, Sampling, generate
 from gpt2_lightning.model import GPT
 from gpt2_lightning.rope import apply_rope, rope_frequencies, rope_tables
 
@@ -176,12 +176,14 @@ def test_flex_window_attention_equals_reference(S, n_kv):
     torch.testing.assert_close(flex_window_attention(q, k, v, w), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: on CPUs windows take the banded kernel")
 def test_window_attention_on_a_gpu_takes_flex_and_equals_reference(monkeypatch):
     import gpt2_lightning.attention as attention_module
 
     calls = []
-    monkeypatch.setattr(attention_module, "flex_window_attention", lambda *a: calls.append(1) or flex_window_attention(*a))
+    monkeypatch.setattr(attention_module, "flex_window_attention",
+                        lambda *a: calls.append(1) or flex_window_attention(*a))
     torch.manual_seed(0)
     q = torch.randn(2, 12, 2048, 64, device="cuda", requires_grad=True)
     k, v = (torch.randn(2, 4, 2048, 64, device="cuda", requires_grad=True) for _ in range(2))
@@ -215,23 +217,31 @@ def test_chunked_prefill_into_the_cache_equals_full_forward(pos, kv, w):
     with torch.no_grad():
         chunks = [model(x[:, a:b], cache) for a, b in [(0, 2), (2, 9), (9, 10), (10, 11), (11, 25), (25, 30)]]
     torch.testing.assert_close(torch.cat(chunks, dim=1), logits(model, x), atol=1e-5, rtol=1e-5)
+    assert cache.pos == 30
 
 
 def test_cache_bytes_gqa_fraction_and_rolling_bound():
     sizes = {kv: KVCache.for_model(variant("rope", kv), 1, 1000).nbytes for kv in (None, 2, 1)}
     assert sizes[2] * 2 == sizes[None] and sizes[1] * 4 == sizes[None]
     windowed = variant("rope", None, WINDOW)
-    assert KVCache.for_model(windowed, 1, 100_000).nbytes == KVCache.for_model(windowed, 1, 1000).nbytes == sizes[None] * WINDOW / 1000
+    assert (KVCache.for_model(windowed, 1, 100_000).nbytes == KVCache.for_model(windowed, 1, 1000).nbytes
+            == sizes[None] * WINDOW / 1000)
 
 
 # ---- lengths ---------------------------------------------------------------------------------------------------
 
 
 def test_rope_runs_past_block_size_and_learned_refuses():
+    """The one block_size test: learned positions refuse a longer sequence naming block_size, in the forward and in
+    generate, which refuses prompt + new tokens up front, before decoding; RoPE runs on."""
     x = torch.randint(0, VOCAB, (1, 3 * BLOCK))
     assert logits(variant("rope"), x).shape == (1, 3 * BLOCK, VOCAB)
-    with pytest.raises(ValueError, match=f"longer than block_size={BLOCK}"):
-        logits(variant("learned", None, WINDOW), x)
+    for learned in (variant("learned"), variant("learned", None, WINDOW)):
+        for length in (BLOCK + 1, 3 * BLOCK):
+            with pytest.raises(ValueError, match=f"longer than block_size={BLOCK}"):
+                logits(learned, x[:, :length])
+        with pytest.raises(ValueError, match=f"longer than block_size={BLOCK}"):
+            generate(learned, x[:, : BLOCK - 6], 7)  # the prompt fits; prompt + new tokens do not
 
 
 # ---- parameters ------------------------------------------------------------------------------------------------

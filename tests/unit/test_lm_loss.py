@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gpt2_lightning.lm_loss import IGNORE_INDEX, chunked_cross_entropy
 from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.lm_loss import IGNORE_INDEX, chunked_cross_entropy
 from gpt2_lightning.model import GPT
 
 

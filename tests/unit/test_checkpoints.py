@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from gpt2_lightning.checkpoints import load
-from gpt2_lightning.errors import CheckpointError
 from gpt2_lightning.checkpoints.hf import save_hf
 from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.errors import CheckpointError
 from gpt2_lightning.model import GPT
 
 ATOL = 1e-4  # the brief's bar for float32 logits against transformers

@@ -68,7 +68,11 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 def pick_device(name: str) -> torch.device:
     """`auto` → cuda, else mps, else cpu; any other name is taken as it is, if this machine has it."""
     if name != "auto":
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError as err:
+            raise UsageError(f"--device {name}: not a device torch knows ({str(err).splitlines()[0][:120]}); use "
+                             "auto, cpu, cuda, cuda:N or mps") from err
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UsageError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__}); use "
                              "--device cpu or auto")
@@ -119,6 +123,13 @@ def generate(
     """
     if num_samples < 1 or max_new_tokens < 1:
         raise UsageError(f"--num-samples and --max-new-tokens must be >= 1, got {num_samples} and {max_new_tokens}")
+    if not 0 <= seed < 2**64:
+        raise UsageError(f"--seed must be in [0, 2**64), got {seed}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:  # bytes that are not UTF-8 reach Python as lone surrogates
+        raise UsageError(f"--prompt is not valid UTF-8 (bytes {prompt[err.start:err.end]!a} at character "
+                         f"{err.start}); pass UTF-8 text") from err
     target = pick_device(device)
     if quantize is not None and dtype == "float32":
         raise UsageError(f"--quantize {quantize} runs with bfloat16 activations; drop --dtype float32")
@@ -180,7 +191,11 @@ def convert(*, checkpoint: str, out: str, n_kv_head: int | None = None) -> None:
         model = mha_to_gqa(model, n_kv_head)
     # plain GPT-2 goes out in transformers' format (readable by both); any variant in this package's own
     as_hf = not model.config.departures_from_gpt2()
-    save(model, out)
+    try:
+        save(model, out)
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot write {err.filename or out} ({err.strerror or err}); choose a "
+                         "writable directory with room for the weights") from err
     if n_kv_head is None:
         change = f"re-saved unchanged ({before:,} parameters)"
     elif model.num_params() == before:
@@ -191,19 +206,21 @@ def convert(*, checkpoint: str, out: str, n_kv_head: int | None = None) -> None:
     print(f"{checkpoint}: {change}, in {'transformers' if as_hf else 'this package'}'s format, to {out}")
 
 
-def analyze(*, budget: Literal["tiny", "small", "medium"] = "small", out: str = "docs",
+def analyze(*, budget: Literal["tiny", "small", "medium"] = "small", out: str | None = None,
             runs: str = "runs/analysis") -> None:
-    """Measure, probe and train every attention variant; write docs/analysis.md and its plots.
+    """Measure, probe and train every attention variant; write analysis.md and its plots.
 
     Args:
         budget: tiny: a smoke test; small: <= 30 min on 2 CPU cores (docs/analysis.md); medium: <= 3 hours.
-        out: where analysis.md and img/ go.
+        out: where analysis.md and img/ go; unset: <runs>/<budget>/report. The repository's own findings are
+            rewritten only when asked for: --out docs.
         runs: where each run's measurements and weights go (under <runs>/<budget>/; an interrupted analysis reuses
             the runs it finished).
     """
     from gpt2_lightning.analysis import analyze as run_analysis  # needs the `analysis` extra (matplotlib, scipy)
 
-    print(f"wrote {run_analysis(budget, out, runs)}")
+    report = out if out is not None else str(Path(runs) / budget / "report")
+    print(f"wrote {run_analysis(budget, report, runs)}")
 
 
 def _accept_legacy_spellings(function: Callable, argv: Sequence[str]) -> list[str]:
@@ -239,13 +256,17 @@ class GPT2LightningCLI(CommandLineOverCheckpoint, LightningCLI):
 
     def __init__(self, *args, resources: ExitStack, **kwargs) -> None:
         self.resources = resources
-        super().__init__(*args, **kwargs)
+        # The module's configure_optimizers (AdamW groups, warmup + cosine) is the only optimizer: LightningCLI's
+        # --optimizer / --lr_scheduler would silently replace it, groups and schedule included.
+        super().__init__(*args, auto_configure_optimizers=False, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.config.block_size", "data.block_size")
         parser.add_lightning_class_args(StepCheckpoint, "checkpoint")
+        # last.ckpt is overwritten in place (one run per directory: run_dir.RunLock); with Lightning's version
+        # counter a run whose directory moved would fork its saves into last-v1.ckpt while readers stay on last.ckpt
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 100,
-                             "checkpoint.save_top_k": 0})
+                             "checkpoint.save_top_k": 0, "checkpoint.enable_version_counter": False})
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -287,16 +308,22 @@ class GPT2LightningCLI(CommandLineOverCheckpoint, LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         return Path(config.checkpoint.dirpath) / LAST
 
+    def _hand_over(self, path: Path | None) -> None:
+        """Lightning loads exactly the checkpoint that was vetted ("last" resolved here, once)."""
+        self.config_init[self.subcommand]["ckpt_path"] = None if path is None else str(path)
+
     def _vet_checkpoint_to_load(self) -> None:
         config = self.config[self.subcommand]
         path = checkpoint_to_load(config.ckpt_path, self._last_path())
         vet_checkpoint_to_load(path, self.trainer, config.model.config.vocab_size)
+        self._hand_over(path)
 
     before_validate = before_test = before_predict = _vet_checkpoint_to_load
 
     def before_fit(self) -> None:
         config = self.config.fit
-        prepare_fit(self.trainer, self._last_path(), config.ckpt_path, config.model.config.vocab_size, self.resources)
+        self._hand_over(prepare_fit(self.trainer, self._last_path(), config.ckpt_path, config.model.config.vocab_size,
+                                    self.resources))
 
     def after_fit(self) -> None:
         if any(isinstance(c, PreemptionCheckpoint) and c.preempted for c in self.trainer.callbacks):

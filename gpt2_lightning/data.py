@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gpt2_lightning.corpus import OPENWEBTEXT, OPENWEBTEXT_PARQUET_REVISION, Corpus
 from gpt2_lightning.errors import DataError
-from gpt2_lightning.token_cache import TokenCache, cache_path, check_val_size, prepare
+from gpt2_lightning.token_cache import TokenCache, cache_path, check_source, check_val_size, prepare
 
 _GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constants for multiplicative hashing
 _MULTIPLIER = np.uint64(0xBF58476D1CE4E5B9)
@@ -204,6 +204,7 @@ class GPT2DataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.cache = TokenCache(cache_path(self.corpus, self.cache_dir))
+        check_source(self.cache.manifest, self.corpus, self.cache.path)
         val_start, _ = self.cache.validation_start(self.val_size)
         rank, world, accumulate = self._rank_world_accumulate()
         self.train_windows = TokenWindows(self.cache, 0, val_start, self.block_size, self.batch_size, rank, world,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -98,14 +99,32 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model: GPT, batch_size: int, max_len: int) -> KVCache:
-        """An empty cache for `max_len` positions of `model`, on its device and in its dtype."""
+        """An empty cache for `max_len` positions of `model`, on its device and in its dtype; refused, before any
+        allocation, when it would not fit in the memory of that device."""
         c, weight = model.config, model.transformer.wte.weight
+        slots = min(c.sliding_window, max_len) if c.sliding_window is not None else max_len
+        need = 2 * c.n_layer * batch_size * c.kv_heads * slots * c.head_dim * weight.element_size()
+        if need > (free := _free_memory(weight.device)):
+            raise UsageError(f"the KV cache for {batch_size} × {max_len:,} positions needs {need / 2**30:,.1f} GiB, "
+                             f"more than the {free / 2**30:,.1f} GiB free on {weight.device}; ask for fewer tokens")
         return cls(c.n_layer, batch_size, c.kv_heads, c.head_dim, max_len, c.sliding_window, weight.device,
                    weight.dtype)
 
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
+
+
+def _free_memory(device: torch.device) -> int:
+    """Bytes a new allocation can take on `device`: free accelerator memory, or this host's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux: the total, as the operating system reports it
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 @dataclass(frozen=True)

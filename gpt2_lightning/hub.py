@@ -79,7 +79,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     if path.is_dir():
         return path
     name = str(name_or_path)
-    if path.suffix in LOCAL_SUFFIXES or name.startswith((".", "/", "~")):
+    if path.suffix in LOCAL_SUFFIXES or name.startswith((".", "/", "~")) or (
+            path.parent != Path(".") and path.parent.is_dir()):  # out/gqa4 where out/ exists: a mistyped path
         raise CheckpointError(f"{name}: no such file or directory (a local path, not a hub id); check the path")
     if name not in HUB_MODELS and name not in HUB_MODELS.values() and name.count("/") != 1:
         raise CheckpointError(

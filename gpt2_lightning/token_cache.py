@@ -17,17 +17,21 @@ is reused; one whose files changed since is rebuilt. No torch here: workers star
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -35,7 +39,7 @@ import numpy as np
 
 from gpt2_lightning.corpus import Corpus
 from gpt2_lightning.errors import DataError
-from gpt2_lightning.files import process_alive
+from gpt2_lightning.files import disk_of, process_alive
 from gpt2_lightning.tokenizer import EOT_ID, VOCAB_SHA256, get_tokenizer
 
 FORMAT = 1
@@ -125,7 +129,8 @@ def encoded_chunks(documents: Iterable[str], num_proc: int) -> Iterator[tuple[li
         return
     # Linux: fork, as `datasets.map(num_proc)` and DataLoader workers do; the workers run only tiktoken and numpy,
     # no OpenMP. Spawn would re-import the launching command (torch, lightning: seconds per worker).
-    with ProcessPoolExecutor(num_proc, mp_context=get_context("fork" if sys.platform == "linux" else "spawn")) as pool:
+    context = get_context("fork" if sys.platform == "linux" else "spawn")
+    with ProcessPoolExecutor(num_proc, mp_context=context, initializer=_die_with, initargs=(os.getpid(),)) as pool:
         pending: deque = deque()
         for chunk in (*head, *chunks):
             if len(pending) >= 2 * num_proc:
@@ -135,6 +140,37 @@ def encoded_chunks(documents: Iterable[str], num_proc: int) -> Iterator[tuple[li
         while pending:
             texts, future = pending.popleft()
             yield (texts, *future.result())
+
+
+def _die_with(parent: int) -> None:
+    """A tokenizing worker ends when the process that started it does (Linux: the kernel sends it SIGKILL), so
+    killing `prepare` or `fit` alone, as the OOM killer does, leaves no orphaned workers behind."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+
+@contextmanager
+def _sigterm_ends_preparation(path: Path) -> Iterator[None]:
+    """While preparing in the main thread: SIGTERM says what stopped and exits 143 after the partial preparation is
+    removed (without this, Python's default ends the process at once, status -15, without a word)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        print(f"data: stopped by SIGTERM while preparing {path}; nothing partial is kept: run the command again to "
+              "prepare", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _ShardWriter:
@@ -180,6 +216,7 @@ def prepare(
     path = cache_path(corpus, cache_dir)
     if (path / "manifest.json").is_file():
         manifest = read_manifest(path)
+        check_source(manifest, corpus, path)
         changed = corpus.changed(manifest["source"].get("content", {}))
         if not changed:
             validation_start(np.load(path / "documents.npy", mmap_mode="r"), manifest["tokens"], val_size)  # checks it
@@ -192,8 +229,14 @@ def prepare(
     tmp = path.parent / f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}"
     tmp.mkdir()
     try:
-        _write(corpus, tmp, num_proc or available_cpus(), val_size, shard_tokens, log)
+        with _sigterm_ends_preparation(path):
+            _write(corpus, tmp, num_proc or available_cpus(), val_size, shard_tokens, log)
         _publish(tmp, path)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DataError(f"cannot write {err.filename or tmp}: no space left on the disk mounted at {disk_of(tmp)}; "
+                        "free space there or set data.cache_dir to another disk") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
@@ -236,7 +279,7 @@ def _write(corpus: Corpus, directory: Path, num_proc: int, val_size: float, shar
         "shards": writer.shards,
         "split": {"val_size": val_size, "validation_start": start, "taken_as": how, "train_tokens": start,
                   "validation_tokens": n_tokens - start},
-        "id": hashlib.sha256(json.dumps([source, TOKENIZER, n_tokens], sort_keys=True).encode()).hexdigest(),
+        "id": prepared_id(source, n_tokens),
         "prepared": {"seconds": round(seconds, 2), "num_proc": num_proc, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -275,6 +318,25 @@ def _remove_leftovers(path: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+def check_source(manifest: dict, corpus: Corpus, path: Path) -> None:
+    """The prepared data at `path` must be of `corpus`: a directory copied or renamed into this corpus's place
+    would otherwise train on another corpus without a word."""
+    source = manifest.get("source")
+    recorded = {k: v for k, v in source.items() if k != "content"} if isinstance(source, dict) else source
+    if recorded != corpus.identity():
+        raise DataError(f"{path} holds prepared data of another corpus ({recorded}), not of {corpus.identity()}; "
+                        f"delete {path} and prepare again")
+
+
+def prepared_id(source: dict, n_tokens: int) -> str:
+    """What a run's data fingerprint records of its prepared data: the corpus identity and each file's size and
+    sha256, never modification times, so a source restored byte for byte (cp, git checkout) is the same data."""
+    content = {name: {k: v for k, v in entry.items() if k != "mtime_ns"}
+               for name, entry in source.get("content", {}).items()}
+    return hashlib.sha256(json.dumps([{**source, "content": content}, TOKENIZER, n_tokens],
+                                     sort_keys=True).encode()).hexdigest()
+
+
 def read_manifest(path: Path) -> dict:
     manifest_file = path / "manifest.json"
     try:
@@ -283,8 +345,11 @@ def read_manifest(path: Path) -> dict:
         raise DataError(
             f"no prepared data at {path}: run `gpt2-lightning prepare` with the same data settings, or let `fit` "
             "prepare it (Lightning calls prepare_data on local rank 0 of each node)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise DataError(f"{manifest_file} is corrupt ({err}); delete {path} and prepare again") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{manifest_file} holds a JSON {type(manifest).__name__}, not a manifest; delete {path} and "
+                        "prepare again")
     if manifest.get("format") != FORMAT:
         raise DataError(f"{path} was prepared in format {manifest.get('format')}, this version reads {FORMAT}; "
                         f"delete it and prepare again")
@@ -303,8 +368,7 @@ class TokenCache:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
-        self.files = [self.path / s["file"] for s in self.manifest["shards"]]
-        sizes = [s["tokens"] for s in self.manifest["shards"]]
+        self.files, sizes = self._shards()
         for file, tokens in zip(self.files, sizes):
             actual = file.stat().st_size if file.is_file() else None
             if actual != tokens * TOKEN_DTYPE.itemsize:
@@ -316,12 +380,36 @@ class TokenCache:
         self.n_tokens = int(self.bounds[-1])
         self._maps: list[np.memmap] | None = None
 
+    def _shards(self) -> tuple[list[Path], list[int]]:
+        """The manifest's shard files and token counts. A shard must be a plain file of this directory (no path
+        separators, no symbolic link): a manifest is not trusted to point the reader anywhere else."""
+        files, sizes = [], []
+        for shard in self.manifest.get("shards") or [None]:
+            name = shard.get("file") if isinstance(shard, dict) else None
+            tokens = shard.get("tokens") if isinstance(shard, dict) else None
+            plain = isinstance(name, str) and Path(name).name == name and name not in ("", ".", "..")
+            if not plain or isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+                raise DataError(f"{self.path / 'manifest.json'}: shard entry {shard!r} is not a file of {self.path} "
+                                f"with a token count; delete {self.path} and prepare again")
+            if (self.path / name).is_symlink():
+                raise DataError(f"{self.path / name} is a symbolic link; prepared data is read from its own files "
+                                f"only: delete {self.path} and prepare again")
+            files.append(self.path / name)
+            sizes.append(tokens)
+        return files, sizes
+
     @property
     def id(self) -> str:
         return self.manifest["id"]
 
     def validation_start(self, val_size: float) -> tuple[int, str]:
-        return validation_start(np.load(self.path / "documents.npy", mmap_mode="r"), self.n_tokens, val_size)
+        documents = self.path / "documents.npy"
+        try:
+            starts = np.load(documents, mmap_mode="r")  # allow_pickle=False: an array of objects is refused
+        except (OSError, ValueError) as err:
+            raise DataError(f"{documents} is unreadable ({str(err)[:120]}); delete {self.path} and prepare "
+                            "again") from err
+        return validation_start(starts, self.n_tokens, val_size)
 
     def read(self, starts: np.ndarray, length: int) -> np.ndarray:
         """Tokens [s, s + length) for each s in starts, as a (len(starts), length) uint16 array."""

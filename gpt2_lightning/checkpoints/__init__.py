@@ -26,7 +26,7 @@ from gpt2_lightning.checkpoints.native import (
     read_tensors,
     save_native,
 )
-from gpt2_lightning.checkpoints.strict import load_state_dict_strict
+from gpt2_lightning.checkpoints.strict import build_strict
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.errors import UsageError
 from gpt2_lightning.hub import resolve_checkpoint
@@ -51,10 +51,7 @@ def load(name_or_path: str | os.PathLike) -> GPT:
     """A GPT in eval mode from any checkpoint this package reads (see the module's docstring)."""
     if is_lightning_checkpoint(Path(name_or_path)):
         return load_trained_model(name_or_path)
-    config, state_dict, source = read_pretrained(name_or_path)
-    model = GPT(config)
-    load_state_dict_strict(model, state_dict, source)
-    return model.eval()
+    return build_strict(*read_pretrained(name_or_path))
 
 
 def save(model: GPT, directory: str | os.PathLike, format: Format = "auto") -> Path:

@@ -9,26 +9,34 @@ so it is read first with an unpickler that admits only the classes such an index
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, MetadataIndex
 
 from gpt2_lightning.checkpoints.native import UNREADABLE, config_from_own
-from gpt2_lightning.checkpoints.strict import load_state_dict_strict
+from gpt2_lightning.checkpoints.strict import build_strict
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.errors import CheckpointError
 from gpt2_lightning.model import GPT
 
 MODULE_PREFIX = "model."  # GPT2LightningModule holds the GPT as `self.model`
-# What the `.metadata` index of a torch.distributed.checkpoint directory may name; anything else is refused.
-DCP_METADATA_MODULES = ("torch.distributed.checkpoint.metadata",)
-DCP_METADATA_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
-                        ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
-                        ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
-                        ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset")}
+# The exact classes (module, name) the `.metadata` index of a torch.distributed.checkpoint directory is made of,
+# besides torch's dtypes; anything else, and any dotted name (pickle resolves those attribute by attribute, so a
+# module admitted whole would admit everything it imports), is refused.
+DCP_METADATA_GLOBALS = {
+    *(("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorStorageMetadata", "BytesStorageMetadata",
+        "ChunkStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+    ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"), ("collections", "OrderedDict"),
+    ("builtins", "set"), ("builtins", "frozenset"),
+}
 
 
 def is_lightning_checkpoint(path: Path) -> bool:
@@ -40,8 +48,8 @@ class _DistributedMetadataUnpickler(pickle.Unpickler):
     """Unpickles a distributed-checkpoint index, admitting only the classes such an index is made of."""
 
     def find_class(self, module: str, name: str):
-        allowed = (module in DCP_METADATA_MODULES or (module, name) in DCP_METADATA_GLOBALS
-                   or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)))
+        allowed = "." not in name and ((module, name) in DCP_METADATA_GLOBALS
+                                       or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)))
         if not allowed:
             raise CheckpointError(
                 f"refusing to load: the sharded checkpoint's .metadata names {module}.{name}, which a "
@@ -52,20 +60,55 @@ class _DistributedMetadataUnpickler(pickle.Unpickler):
 
 
 def check_distributed_checkpoint(path: Path) -> None:
-    """Read a sharded checkpoint's `.metadata` with the restricted unpickler before torch.distributed.checkpoint,
-    which unpickles it without restriction, is allowed to (a crafted index otherwise runs code on load)."""
+    """Vet a sharded checkpoint before torch.distributed.checkpoint reads it: its `.metadata` index through the
+    restricted unpickler (DCP unpickles it freely), and every non-tensor item of its shards (DCP reads those with
+    `torch.load(weights_only=False)`) with `weights_only=True`, each from a plain file inside the directory. A
+    crafted index or item otherwise runs code on load. Costs one read of the non-tensor items (the optimizer's
+    param_groups: kilobytes, at any model size); tensors are not read."""
     index = path / ".metadata"
     if not index.is_file():
         raise CheckpointError(f"{path} is a directory without a .metadata index: not a complete sharded checkpoint")
     with open(index, "rb") as f:
         try:
-            _DistributedMetadataUnpickler(f).load()
+            metadata = _DistributedMetadataUnpickler(f).load()
         except CheckpointError as err:
             raise CheckpointError(f"{index}: {err}") from None
         except (*UNREADABLE, AttributeError, ImportError, IndexError, KeyError, TypeError, ValueError) as err:
             # what unpickling damaged bytes raises
             raise CheckpointError(f"{index} is unreadable ({type(err).__name__}: {err}): "
                                   "the checkpoint is damaged") from err
+    _check_byte_items(path, metadata)
+
+
+def _check_byte_items(path: Path, metadata: Metadata) -> None:
+    """Unpickle each non-tensor item of the shards with `weights_only=True`: what passes is plain data."""
+    if not isinstance(metadata, Metadata):
+        raise CheckpointError(f"{path / '.metadata'} holds a {type(metadata).__name__}, not a checkpoint index")
+    for key, item in metadata.state_dict_metadata.items():
+        if not isinstance(item, BytesStorageMetadata):
+            continue
+        where = metadata.storage_data.get(MetadataIndex(key)) if metadata.storage_data else None
+        shard = path / str(getattr(where, "relative_path", ""))
+        if where is None or shard.parent != path or shard.is_symlink() or not shard.is_file():
+            raise CheckpointError(f"{path}: the index places item {key!r} outside the checkpoint's own files "
+                                  f"({getattr(where, 'relative_path', None)!r}); the checkpoint is damaged or "
+                                  "tampered with")
+        if getattr(where, "transform_descriptors", None):
+            raise CheckpointError(f"{shard}: item {key!r} is stored transformed {where.transform_descriptors}, "
+                                  "which this reader does not vet; gather the checkpoint where it was written")
+        with open(shard, "rb") as f:
+            f.seek(where.offset)
+            data = f.read(where.length)
+        try:
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(
+                f"refusing to load: item {key!r} of {shard} is not plain data ({str(err).splitlines()[0][:160]}): "
+                "loading it could run code. Use only checkpoints you wrote or trust"
+            ) from None
+        except UNREADABLE as err:
+            raise CheckpointError(f"{shard}: item {key!r} is unreadable ({type(err).__name__}); the checkpoint is "
+                                  "damaged") from err
 
 
 def _load(path: Path, mmap: bool = False) -> dict:
@@ -129,6 +172,4 @@ def load_trained_model(path: str | os.PathLike) -> GPT:
     config = config if isinstance(config, GPTConfig) else config_from_own(dict(config))
     weights = {k.removeprefix(MODULE_PREFIX): v for k, v in strip_compile_prefix(state).items()
                if k.startswith(MODULE_PREFIX)}
-    model = GPT(config)
-    load_state_dict_strict(model, weights, source=str(path))
-    return model.eval()
+    return build_strict(config, weights, source=str(path))

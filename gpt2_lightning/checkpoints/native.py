@@ -50,9 +50,14 @@ def read_config_json(directory: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{directory} has no config.json; an HF-format checkpoint needs config.json and weights")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); re-download or re-save the checkpoint") from err
+        fields = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({type(err).__name__}: {str(err)[:120]}); re-download or "
+                              "re-save the checkpoint") from err
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(fields).__name__}, not an object of config fields; "
+                              "re-download or re-save the checkpoint")
+    return fields
 
 
 def read_tensors(directory: Path) -> dict[str, torch.Tensor]:

@@ -12,11 +12,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from gpt2_lightning.files import write_atomically
+from gpt2_lightning.files import full_disk_error, write_atomically
 from gpt2_lightning.train.lightning_compat import saves_sharded
 
 
@@ -24,14 +25,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file beside it and rename it into place.
 
     A run killed mid-save leaves the previous `last.ckpt` intact; a failed save (a full disk) removes its partial
-    temporary file instead of leaving it to fill the disk. Lightning's own `TorchCheckpointIO` saves through an
-    fsspec transaction whose local opener stages in the system temporary directory and then moves the file, which
-    is a copy (not atomic) whenever the run directory is on another filesystem, as it is on most clusters.
+    temporary file and names the checkpoint and its disk. Lightning's own `TorchCheckpointIO` saves through an
+    fsspec transaction whose local opener stages the whole file in the system temporary directory ($TMPDIR) and
+    then moves it: a copy (not atomic) whenever the run directory is on another filesystem, as it is on most
+    clusters, and a small $TMPDIR fails every save with an error that blames the run directory. Here nothing is
+    written anywhere but beside the checkpoint.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
-        save = super().save_checkpoint
-        write_atomically(path, lambda tmp: save(checkpoint, tmp, storage_options))
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(tmp: Path) -> None:
+            try:
+                with open(tmp, "wb") as f:
+                    torch.save(checkpoint, f)
+            except (OSError, RuntimeError) as err:  # torch's zip writer reports a failed write as a RuntimeError
+                raise full_disk_error(path) or err from err
+
+        write_atomically(path, write)
 
 
 def _staging(path: Path) -> Path:

@@ -10,6 +10,7 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
 from gpt2_lightning.checkpoints import load
@@ -188,6 +189,9 @@ class GPT2LightningModule(L.LightningModule):
         decay_steps = hp.lr_decay_steps or self.trainer.max_steps
         if decay_steps is None or decay_steps <= 0:
             raise UsageError("set trainer.max_steps (or model.lr_decay_steps): the cosine schedule needs a length")
+        if hp.warmup_steps >= decay_steps:
+            rank_zero_warn(f"model.warmup_steps={hp.warmup_steps} is not shorter than the schedule's {decay_steps} "
+                           "steps: the learning rate never decays (and, past the run's end, never reaches its peak)")
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda step: lr_factor(step, hp.warmup_steps, decay_steps, hp.min_learning_rate / hp.learning_rate)

@@ -61,25 +61,48 @@ class RunLock:
 
     def _acquire(self) -> None:
         me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                host, _, pid = self.path.read_text().partition(" ")
-                if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
-                    self.path.unlink(missing_ok=True)  # its run was killed: take over
-                    continue
-                where = f"pid {pid}" + ("" if host == socket.gethostname() else f" on {host}")
-                raise RunError(
-                    f"another fit ({where}) is running in {self.path.parent}: two runs there would interleave their "
-                    f"logs and checkpoints. Wait for it, or use another --trainer.default_root_dir (if that run is "
-                    f"gone, delete {self.path})"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.held = True
-            return
+        mine = self.path.with_name(f"{self.path.name}.{os.getpid()}")  # written whole, then linked into place:
+        mine.write_text(me)  # the lock never exists half-written, so one that does not parse is not ours
+        try:
+            for _ in range(2):
+                try:
+                    os.link(mine, self.path)
+                except FileExistsError:
+                    if self._holder_is_gone():
+                        self.path.unlink(missing_ok=True)  # its run was killed: take over
+                        continue
+                    raise
+                self.held = True
+                return
+        except FileExistsError:
+            raise RunError(
+                f"another fit ({self._holder()}) is running in {self.path.parent}: two runs there would interleave "
+                f"their logs and checkpoints. Wait for it, or use another --trainer.default_root_dir (if that run is "
+                f"gone, delete {self.path})"
+            ) from None
+        finally:
+            mine.unlink(missing_ok=True)
         raise RunError(f"could not take {self.path}: other runs keep claiming it; try again")
+
+    def _read(self) -> tuple[str, str] | None:
+        """(host, pid) of the holder, or None when the lock is not one this package wrote."""
+        try:
+            host, sep, pid = self.path.read_text(encoding="utf-8").partition(" ")
+        except (OSError, UnicodeDecodeError):
+            return None
+        return (host, pid) if sep and host and pid.isdigit() else None
+
+    def _holder_is_gone(self) -> bool:
+        holder = self._read()
+        if holder is None:
+            raise RunError(f"{self.path} is not a lock gpt2-lightning wrote (empty or unreadable); if no fit is "
+                           f"running in {self.path.parent}, delete it")
+        host, pid = holder
+        return host == socket.gethostname() and not process_alive(int(pid))
+
+    def _holder(self) -> str:
+        host, pid = self._read() or ("?", "?")
+        return f"pid {pid}" + ("" if host == socket.gethostname() else f" on {host}")
 
     def release(self) -> None:
         if self.held:
@@ -88,12 +111,21 @@ class RunLock:
 
 
 def checkpoint_to_load(ckpt_path: str | None, last: Path) -> Path | None:
-    """The checkpoint a command will load: `ckpt_path`, with `last` meaning the run directory's last.ckpt if any."""
+    """The one checkpoint a command loads: `ckpt_path`, with `last` meaning the run directory's last.ckpt (None:
+    nothing there yet, a fresh start). The command hands Lightning this path, never "last": Lightning alone would
+    restore the newest `last*.ckpt` by modification time, a planted or forked `last-v1.ckpt` included, which is
+    not the file that was vetted."""
     if ckpt_path is None:
         return None
-    if ckpt_path == "last":
-        return last if last.exists() else None
-    return Path(ckpt_path)
+    if ckpt_path != "last":
+        return Path(ckpt_path)
+    if last.exists():
+        return last
+    others = sorted(p.name for p in last.parent.glob("last*.ckpt"))
+    if others:
+        raise RunError(f"{last.parent} holds {', '.join(others)} but no {last.name}: pass the checkpoint to resume "
+                       "from as --ckpt_path PATH (or rename it to last.ckpt)")
+    return None
 
 
 def check_parallel_size(trainer: L.Trainer) -> None:
@@ -129,9 +161,12 @@ def vet_checkpoint_to_load(path: Path | None, trainer: L.Trainer, vocab_size: in
         )
 
 
-def prepare_fit(trainer: L.Trainer, last: Path, ckpt_path: str | None, vocab_size: int, resources: ExitStack) -> None:
+def prepare_fit(
+    trainer: L.Trainer, last: Path, ckpt_path: str | None, vocab_size: int, resources: ExitStack
+) -> Path | None:
     """Everything `fit` settles about its run directory before training; the lock is held until `resources`
-    closes (the launching process only: the ranks it starts share its directory)."""
+    closes (the launching process only: the ranks it starts share its directory). Returns the checkpoint to
+    resume from, vetted (None: a fresh run)."""
     check_parallel_size(trainer)
     if is_launching_process():
         resources.enter_context(RunLock(last.parent))
@@ -141,7 +176,9 @@ def prepare_fit(trainer: L.Trainer, last: Path, ckpt_path: str | None, vocab_siz
             f"{last.parent} already holds a run's checkpoints: pass --ckpt_path last to continue that run, or "
             "another --trainer.default_root_dir for a new one"
         )
-    vet_checkpoint_to_load(checkpoint_to_load(ckpt_path, last), trainer, vocab_size)
+    path = checkpoint_to_load(ckpt_path, last)
+    vet_checkpoint_to_load(path, trainer, vocab_size)
+    return path
 
 
 def resume_without_init_from(model_config, path: Path) -> bool:

@@ -42,7 +42,8 @@ def test_the_flags_of_before_keep_their_meaning(capsys):
 
 
 def test_a_mistyped_command_gets_a_suggestion(capsys):
-    with pytest.raises(SystemExit, match=r"^gpt2-lightning: error: unknown command 'genrate'; did you mean 'generate'\?$"):
+    with pytest.raises(SystemExit,
+                       match=r"^gpt2-lightning: error: unknown command 'genrate'; did you mean 'generate'\?$"):
         main(["genrate"])
     with pytest.raises(SystemExit) as done:
         main([])
@@ -54,3 +55,45 @@ def test_the_table_lists_each_command_with_its_docstring_as_summary():
                               "analyze"]
     assert COMMANDS["generate"].summary == "continue a prompt, printing the text as it is produced"
     assert cli.usage().count("\n    ") == len(COMMANDS)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "tpu"], r"--device tpu: not a device torch knows .*use auto, cpu, cuda, cuda:N or mps$"),
+    (["--seed", str(2**70)], r"--seed must be in \[0, 2\*\*64\), got 1180591620717411303424$"),
+    (["--prompt", "caf\udcc3"], r"--prompt is not valid UTF-8 \(bytes '\\udcc3' at character 3\); pass UTF-8 text$"),
+])
+def test_generate_names_what_it_cannot_take_in_one_line(args, message):
+    with pytest.raises(SystemExit, match=r"^gpt2-lightning generate: error: " + message):
+        main(["generate", "--checkpoint", "gpt2", *args])
+
+
+def test_a_mistyped_local_directory_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SystemExit, match=r"out/gqa4: no such file or directory \(a local path, not a hub id\)"):
+        main(["generate", "--checkpoint", "out/gqa4"])
+
+
+def test_convert_into_a_place_it_cannot_write_is_one_line(hf_checkpoint, tmp_path):
+    _, directory = hf_checkpoint()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit, match=r"^gpt2-lightning convert: error: --out .*a-file/out: cannot write .*; "
+                                         r"choose a writable directory"):
+        main(["convert", "--checkpoint", str(directory), "--out", str(tmp_path / "a-file" / "out")])
+
+
+def test_lightnings_optimizer_flags_cannot_replace_the_modules_optimizer(capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "--optimizer", "SGD", "--print_config"])
+    assert refused.value.code == 2 and "--optimizer" in capsys.readouterr().err
+
+
+def test_a_smoke_analysis_writes_under_runs_and_leaves_the_repositorys_docs_alone(tmp_path, monkeypatch):
+    from gpt2_lightning import analysis
+
+    written = []
+    monkeypatch.setattr(analysis, "analyze", lambda budget, out, runs: written.append((budget, out, runs)) or out)
+    main(["analyze", "--budget", "tiny", "--runs", str(tmp_path / "runs")])
+    assert written == [("tiny", str(tmp_path / "runs" / "tiny" / "report"), str(tmp_path / "runs"))]
+    main(["analyze", "--budget", "small", "--out", "docs", "--runs", str(tmp_path / "runs")])  # only when asked
+    assert written[-1][1] == "docs"

@@ -96,3 +96,10 @@ def test_a_resume_takes_the_checkpoints_architecture_instead_of_init_from(tmp_pa
     path.write_bytes(b"not a checkpoint")  # unreadable: left to the vetting, which names it
     model = Namespace(config=Namespace(n_layer=4), init_from="x")
     assert not resume_without_init_from(model, path) and model.init_from == "x"
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe not utf-8", b"host-only"])
+def test_a_lock_this_package_did_not_write_is_named_with_the_fix(tmp_path, content):
+    (tmp_path / ".fit.lock").write_bytes(content)
+    with pytest.raises(RunError, match=rf"^{tmp_path}/\.fit\.lock is not a lock gpt2-lightning wrote .*delete it$"):
+        RunLock(tmp_path).acquire()

@@ -16,16 +16,17 @@ import codecs
 import difflib
 import errno
 import inspect
+import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from jsonargparse import CLI
+from jsonargparse import CLI, ArgumentError
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -239,9 +240,31 @@ def _accept_legacy_spellings(function: Callable, argv: Sequence[str]) -> list[st
     return words
 
 
+def parse_error(name: str, err: ArgumentError, keys: Iterable[str], argv: Sequence[str]) -> UsageError:
+    """jsonargparse's error as one line (it prints the whole usage first), with the closest valid key for each
+    unknown one (`unrecognized arguments: --model.config.n_layr 3; did you mean --model.config.n_layer?`) and the
+    YAML files given when one of them does not parse."""
+    message = " ".join(str(err).split())
+    files = [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "--config"]
+    if "parsing config" in message and files:
+        message += f" (the --config files: {', '.join(files)})"
+    keys = list(keys)
+    hints = []
+    for word in re.findall(r"--([\w.-]+)|['\"]([\w.]+)['\"]", message):
+        key = (word[0] or word[1]).replace("-", "_")
+        if key not in keys and (close := difflib.get_close_matches(key, keys, n=1, cutoff=0.75)):
+            hints.append(f"did you mean --{close[0]}?")
+    return UsageError("; ".join([message, *dict.fromkeys(hints)]) + f" (`gpt2-lightning {name} --help` lists every "
+                      "option)")
+
+
 def run_function(name: str, function: Callable, argv: Sequence[str]) -> None:
     """Parse `argv` into `function`'s typed parameters (jsonargparse) and call it."""
-    CLI(function, args=_accept_legacy_spellings(function, argv), prog=f"gpt2-lightning {name}")
+    try:
+        CLI(function, args=_accept_legacy_spellings(function, argv), prog=f"gpt2-lightning {name}",
+            exit_on_error=False)
+    except ArgumentError as err:
+        raise parse_error(name, err, inspect.signature(function).parameters, argv) from None
 
 
 # ---- fit, validate, test, predict, prepare: LightningCLI ---------------------------------------------------------
@@ -267,6 +290,16 @@ class GPT2LightningCLI(CommandLineOverCheckpoint, LightningCLI):
         # counter a run whose directory moved would fork its saves into last-v1.ckpt while readers stay on last.ckpt
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 100,
                              "checkpoint.save_top_k": 0, "checkpoint.enable_version_counter": False})
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            name = args[0] if args and args[0] in LIGHTNING_COMMANDS else None
+            defaults = parser.parse_args([name] if name else [])  # every valid key, with its default
+            prefix = f"{name}." if name else ""
+            keys = [k.removeprefix(prefix) for k in defaults.keys() if k.startswith(prefix)]
+            raise parse_error(name or "prepare", err, keys, args) from None
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -341,12 +374,13 @@ class GPT2PrepareCLI(GPT2LightningCLI):
 
 def run_lightning(name: str, argv: Sequence[str]) -> None:
     """LightningCLI on `name` + `argv`; bad input ends in one line saying what to change."""
-    defaults = {"default_config_files": [str(QUICKSTART)]}
+    defaults = {"default_config_files": [str(QUICKSTART)], "exit_on_error": False, "prog": f"gpt2-lightning {name}"}
     with ExitStack() as resources:
         try:
             GPT2LightningCLI(GPT2LightningModule, GPT2DataModule, args=[name, *argv], resources=resources,
                              save_config_kwargs={"overwrite": True},
-                             parser_kwargs={command: defaults for command in LIGHTNING_COMMANDS})
+                             parser_kwargs={"exit_on_error": False, "prog": "gpt2-lightning",
+                                            **{command: defaults for command in LIGHTNING_COMMANDS}})
         except FileNotFoundError as err:
             sys.exit(f"gpt2-lightning {name}: error: {err}. Pass an existing checkpoint to --ckpt_path, or "
                      "`--ckpt_path last` to resume the latest run under --trainer.default_root_dir.")
@@ -369,6 +403,7 @@ def run_prepare(argv: Sequence[str]) -> None:
     with ExitStack() as resources:
         cli = GPT2PrepareCLI(GPT2LightningModule, GPT2DataModule, args=list(argv), run=False, resources=resources,
                              parser_kwargs={"default_config_files": [str(QUICKSTART)], "prog": "gpt2-lightning prepare",
+                                            "exit_on_error": False,
                                             "description": "Tokenize a config's training data once, ahead of fit."})
     cli.datamodule.prepare_data()
 

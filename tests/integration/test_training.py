@@ -63,12 +63,6 @@ def test_predict_gives_each_sequence_its_next_token(tiny_run, tmp_path):
         assert torch.equal(module.predict_step((inputs, inputs), 0), greedy)
 
 
-def test_unknown_config_key_is_named(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        fit(tmp_path, "--model.config.n_layers", "3")
-    assert "n_layers" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     "extra, message",
     [

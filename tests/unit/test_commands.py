@@ -82,10 +82,10 @@ def test_convert_into_a_place_it_cannot_write_is_one_line(hf_checkpoint, tmp_pat
         main(["convert", "--checkpoint", str(directory), "--out", str(tmp_path / "a-file" / "out")])
 
 
-def test_lightnings_optimizer_flags_cannot_replace_the_modules_optimizer(capsys):
-    with pytest.raises(SystemExit) as refused:
-        main(["fit", "--optimizer", "SGD", "--print_config"])
-    assert refused.value.code == 2 and "--optimizer" in capsys.readouterr().err
+def test_lightnings_optimizer_flags_cannot_replace_the_modules_optimizer(tmp_path):
+    with pytest.raises(SystemExit, match=r"^gpt2-lightning fit: error: unrecognized arguments: --optimizer SGD"):
+        main(["fit", "--optimizer", "SGD", "--trainer.default_root_dir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # refused before anything ran
 
 
 def test_a_smoke_analysis_writes_under_runs_and_leaves_the_repositorys_docs_alone(tmp_path, monkeypatch):
@@ -97,3 +97,29 @@ def test_a_smoke_analysis_writes_under_runs_and_leaves_the_repositorys_docs_alon
     assert written == [("tiny", str(tmp_path / "runs" / "tiny" / "report"), str(tmp_path / "runs"))]
     main(["analyze", "--budget", "small", "--out", "docs", "--runs", str(tmp_path / "runs")])  # only when asked
     assert written[-1][1] == "docs"
+
+
+@pytest.mark.parametrize("words, message", [
+    (["fit", "--model.config.n_layr", "3"],
+     r"^gpt2-lightning fit: error: unrecognized arguments: --model\.config\.n_layr 3; did you mean "
+     r"--model\.config\.n_layer\? \(`gpt2-lightning fit --help` lists every option\)$"),
+    (["generate", "--top_kk", "3"], r"^gpt2-lightning generate: error: unrecognized arguments: --top_kk 3; did you "
+                                    r"mean --top_k\?"),
+    (["fit", "--config", "configs/no-such.yaml"],
+     r"^gpt2-lightning fit: error: .*File does not exist: .*no-such\.yaml"),
+])
+def test_a_parse_error_is_one_line_with_the_closest_valid_key(words, message, capsys):
+    with pytest.raises(SystemExit, match=message):
+        main(words)
+    assert "usage:" not in capsys.readouterr().err  # not the whole usage first
+
+
+def test_a_mistyped_or_broken_yaml_config_names_the_key_or_the_file(tmp_path):
+    (tmp_path / "typo.yaml").write_text("trainer:\n  max_stepz: 2\n")
+    typo = r"does not accept option 'trainer\.max_stepz'; did you mean --trainer\.max_steps\?"
+    with pytest.raises(SystemExit, match=typo):
+        main(["fit", "--config", str(tmp_path / "typo.yaml")])
+    (tmp_path / "broken.yaml").write_text("model:\n  config: {n_layer: 2\n")
+    broken = rf"Problems parsing config: .* \(the --config files: {tmp_path}/broken\.yaml\)"
+    with pytest.raises(SystemExit, match=broken):
+        main(["fit", "--config", str(tmp_path / "broken.yaml")])

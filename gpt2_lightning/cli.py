@@ -301,8 +301,12 @@ class GPT2LightningCLI(CommandLineOverCheckpoint, LightningCLI):
             keys = [k.removeprefix(prefix) for k in defaults.keys() if k.startswith(prefix)]
             raise parse_error(name or "prepare", err, keys, args) from None
 
+    def _section(self):
+        """The parsed config of the running subcommand (prepare has none: the whole config)."""
+        return self.config[self.subcommand] if self.subcommand else self.config
+
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self._section()
         if config.get("checkpoint") and config.checkpoint.dirpath is None:
             # {default_root_dir}/checkpoints/last.ckpt, the same for every run, so `--ckpt_path last` finds it
             config.checkpoint.dirpath = str(Path(config.trainer.default_root_dir or Path.cwd()) / "checkpoints")
@@ -338,7 +342,7 @@ class GPT2LightningCLI(CommandLineOverCheckpoint, LightningCLI):
         return trainer
 
     def _last_path(self) -> Path:
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self._section()
         return Path(config.checkpoint.dirpath) / LAST
 
     def _hand_over(self, path: Path | None) -> None:

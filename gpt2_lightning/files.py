@@ -50,11 +50,11 @@ def disk_of(path: Path) -> Path:
 def full_disk_error(path: Path, min_free: int = 1 << 20) -> OSError | None:
     """An OSError naming `path` and its disk when that disk has less than `min_free` bytes left, else None: for
     writers (torch's zip writer) that report a failed write as something other than an OSError."""
-    free = shutil.disk_usage(disk_of(path)).free
+    disk = disk_of(path)
+    free = shutil.disk_usage(disk).free
     if free >= min_free:
         return None
-    return OSError(errno.ENOSPC, f"no space left on the disk mounted at {disk_of(path)} ({free:,} bytes free)",
-                   str(path))
+    return OSError(errno.ENOSPC, f"no space left on the disk mounted at {disk} ({free:,} bytes free)", str(path))
 
 
 def process_alive(pid: int) -> bool:

@@ -38,7 +38,8 @@ class KVCache:
     `k` and `v` have shape (n_layer, B, nkv, slots, hs): only the key/value heads are stored, so a GQA cache is
     n_kv_head / n_head the size of MHA's. Without a window there is a slot per position (`max_len`). With a
     sliding window w < max_len the cache is a rolling buffer of w slots — position p lives in slot p % w —
-    so decoding memory stays bounded however long the text gets.
+    so decoding memory stays bounded however long the text gets. A cache that would not fit in the free memory
+    of its device is refused before any allocation.
     """
 
     def __init__(
@@ -54,6 +55,11 @@ class KVCache:
     ) -> None:
         self.slots = min(window, max_len) if window is not None else max_len
         shape = (n_layer, batch_size, n_kv_head, self.slots, head_dim)
+        device, dtype = torch.device(device or "cpu"), dtype or torch.get_default_dtype()
+        need = 2 * math.prod(shape) * dtype.itemsize  # k and v, checked before anything is allocated
+        if need > (free := _free_memory(device)):
+            raise UsageError(f"the KV cache for {batch_size} × {max_len:,} positions needs {need / 2**30:,.1f} GiB, "
+                             f"more than the {free / 2**30:,.1f} GiB free on {device}; ask for fewer tokens")
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
@@ -99,14 +105,8 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model: GPT, batch_size: int, max_len: int) -> KVCache:
-        """An empty cache for `max_len` positions of `model`, on its device and in its dtype; refused, before any
-        allocation, when it would not fit in the memory of that device."""
+        """An empty cache for `max_len` positions of `model`, on its device and in its dtype."""
         c, weight = model.config, model.transformer.wte.weight
-        slots = min(c.sliding_window, max_len) if c.sliding_window is not None else max_len
-        need = 2 * c.n_layer * batch_size * c.kv_heads * slots * c.head_dim * weight.element_size()
-        if need > (free := _free_memory(weight.device)):
-            raise UsageError(f"the KV cache for {batch_size} × {max_len:,} positions needs {need / 2**30:,.1f} GiB, "
-                             f"more than the {free / 2**30:,.1f} GiB free on {weight.device}; ask for fewer tokens")
         return cls(c.n_layer, batch_size, c.kv_heads, c.head_dim, max_len, c.sliding_window, weight.device,
                    weight.dtype)
 

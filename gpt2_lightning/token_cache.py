@@ -219,7 +219,7 @@ def prepare(
         check_source(manifest, corpus, path)
         changed = corpus.changed(manifest["source"].get("content", {}))
         if not changed:
-            validation_start(np.load(path / "documents.npy", mmap_mode="r"), manifest["tokens"], val_size)  # checks it
+            TokenCache(path).validation_start(val_size)  # checks the shards, the document index and val_size
             log(f"data: using {path} ({manifest['documents']:,} documents, {manifest['tokens']:,} tokens)")
             return path
         log(f"data: {len(changed)} source file(s) changed since {path} was prepared ({', '.join(changed[:3])}); "

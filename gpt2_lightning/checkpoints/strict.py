@@ -54,11 +54,15 @@ def _refuse(problems: list[str], config: GPTConfig, source: str) -> None:
         )
 
 
+def _load_checked(model: GPT, state_dict: dict[str, torch.Tensor]) -> None:
+    weights = {k: v for k, v in state_dict.items() if k != TIED_HEAD}
+    model.load_state_dict(weights, strict=False)  # strict=False only for the tied lm_head, checked by _problems
+
+
 def load_state_dict_strict(model: GPT, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load every parameter or nothing: list missing / unexpected keys and shape mismatches in one error."""
     _refuse(_problems(model, state_dict), model.config, source)
-    weights = {k: v for k, v in state_dict.items() if k != TIED_HEAD}
-    model.load_state_dict(weights, strict=False)  # strict=False only for the tied lm_head, checked above
+    _load_checked(model, state_dict)
 
 
 def build_strict(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: str) -> GPT:
@@ -74,5 +78,5 @@ def build_strict(config: GPTConfig, state_dict: dict[str, torch.Tensor], source:
         shell = GPT(config)
     _refuse(_problems(shell, state_dict), config, source)
     model = GPT(config)
-    load_state_dict_strict(model, state_dict, source)
+    _load_checked(model, state_dict)  # the shell had the real model's keys and shapes: checked once, above
     return model.eval()

@@ -20,10 +20,10 @@ import time
 
 import torch
 
+from gpt2_lightning.analysis.measure import ATTENTION_KINDS as KINDS
+from gpt2_lightning.analysis.measure import HEAD_DIM, N_HEAD, attention_point, decode_tokens_per_sec, median_ms
 from gpt2_lightning.attention import attention, banded_attention
 from gpt2_lightning.config import GPTConfig
-from gpt2_lightning.measure import ATTENTION_KINDS as KINDS
-from gpt2_lightning.measure import HEAD_DIM, N_HEAD, attention_point, decode_tokens_per_sec, median_ms
 from gpt2_lightning.model import GPT
 
 LENGTHS = [512, 1024, 2048, 4096, 8192, 16384]

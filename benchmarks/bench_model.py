@@ -29,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from gpt2_lightning.analysis.brief_training import builtin_token_split, heldout_quality, train_briefly
+from gpt2_lightning.analysis.measure import peak_rss_rise_mb
 from gpt2_lightning.checkpoints.hf import state_dict_from_hf
 from gpt2_lightning.checkpoints.strict import load_state_dict_strict
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.generate import Sampling, generate
-from gpt2_lightning.measure import builtin_token_split, heldout_quality, peak_rss_rise_mb, train_briefly
 from gpt2_lightning.model import GPT
 from gpt2_lightning.quantize import quantize_weights
 from gpt2_lightning.train.callbacks import measure_cpu_peak_flops

@@ -67,9 +67,9 @@ def check_fit(workdir: Path, steps: int) -> None:
         "--trainer.default_root_dir", str(root), "--checkpoint.every_n_train_steps", str(10 * steps),
         log=workdir / "fit.log")
     wall = time.perf_counter() - start
-    rate, mfu = scalars(root, "train/device/items_per_sec"), scalars(root, "train/device/mfu")
+    rate, mfu = scalars(root, "train/tokens_per_sec"), scalars(root, "train/mfu")
     late = [s for s in rate if s >= steps // 3]  # after the compile and the first noisy steps
-    tokens = statistics.median(rate[s] for s in late)  # the throughput monitor's items are tokens
+    tokens = statistics.median(rate[s] for s in late)
     loss = scalars(root, "train/loss")
     row("124M fit, bf16-mixed, compiled, 12 × 1024 per step", f"{tokens:,.0f} tok/s ({wall:.0f} s wall for {steps} "
         f"steps, loss {loss[min(loss)]:.2f} → {loss[max(loss)]:.2f})")

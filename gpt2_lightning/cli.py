@@ -13,9 +13,11 @@ traceback. Run policy (the run lock, refusals, vetting) lives in `gpt2_lightning
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import difflib
 import errno
 import inspect
+import os
 import re
 import sys
 import time
@@ -27,6 +29,7 @@ from typing import Literal
 
 import torch
 from jsonargparse import CLI, ArgumentError
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -35,25 +38,37 @@ from gpt2_lightning.checkpoints import load, save
 from gpt2_lightning.checkpoints.convert import mha_to_gqa
 from gpt2_lightning.data import GPT2DataModule
 from gpt2_lightning.errors import UsageError
+from gpt2_lightning.files import disk_of
 from gpt2_lightning.generate import Sampling, generate_stream
 from gpt2_lightning.hub import download as fetch
 from gpt2_lightning.quantize import QUANTIZATIONS, quantize_weights
 from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer
 from gpt2_lightning.train.callbacks import (
     PREEMPTED_EXIT_STATUS,
+    CheckpointBeforeFullDiskStop,
+    ExplainStop,
     LoggedStepIsOptimizerStep,
     PreemptionCheckpoint,
     StepCheckpoint,
     TokenThroughput,
 )
 from gpt2_lightning.train.checkpoint_io import AtomicCheckpointIO
-from gpt2_lightning.train.console import ConsoleLog, StepProgressBar, print_sample, quiet_lightning
+from gpt2_lightning.train.console import (
+    ConsoleLog,
+    RunSummary,
+    StepProgressBar,
+    TensorBoard,
+    print_sample,
+    quiet_lightning,
+)
 from gpt2_lightning.train.lightning_compat import CommandLineOverCheckpoint
+from gpt2_lightning.train.lm_evaluation import LMEvaluation  # noqa: F401 (so --trainer.callbacks+=LMEvaluation resolves)
 from gpt2_lightning.train.module import GPT2LightningModule
 from gpt2_lightning.train.run_dir import (
     LAST,
     checkpoint_to_load,
     prepare_fit,
+    record_architecture,
     resume_without_init_from,
     vet_checkpoint_to_load,
 )
@@ -101,6 +116,8 @@ def generate(
     compile: bool = False,
     dtype: Literal["float32", "bfloat16"] | None = None,
     quantize: Literal[QUANTIZATIONS] | None = None,
+    rope_scaling: Literal["linear", "ntk"] | None = None,
+    rope_scaling_factor: float = 1.0,
 ) -> None:
     """Continue a prompt, printing the text as it is produced.
 
@@ -121,6 +138,9 @@ def generate(
             token reads (docs/performance.md).
         quantize: decode with int8 weights (torchao, weight-only, bfloat16 activations; speed and held-out loss in
             docs/performance.md).
+        rope_scaling: run a RoPE model past its training length: linear (position interpolation) or ntk
+            (NTK-aware), by --rope_scaling_factor (docs/variants.md).
+        rope_scaling_factor: the scaling factor, e.g. the new length over the training length.
     """
     if num_samples < 1 or max_new_tokens < 1:
         raise UsageError(f"--num-samples and --max-new-tokens must be >= 1, got {num_samples} and {max_new_tokens}")
@@ -135,6 +155,11 @@ def generate(
     if quantize is not None and dtype == "float32":
         raise UsageError(f"--quantize {quantize} runs with bfloat16 activations; drop --dtype float32")
     model = load(checkpoint).to(target)
+    if rope_scaling is not None:
+        try:
+            model.scale_rope(rope_scaling, rope_scaling_factor)
+        except ValueError as err:
+            raise UsageError(f"--rope_scaling {rope_scaling}: {err}") from err
     n_params = model.num_params()
     if quantize is not None:
         model = quantize_weights(model, quantize)
@@ -222,6 +247,51 @@ def analyze(*, budget: Literal["tiny", "small", "medium"] = "small", out: str | 
 
     report = out if out is not None else str(Path(runs) / budget / "report")
     print(f"wrote {run_analysis(budget, report, runs)}")
+
+
+def evaluate(
+    *,
+    checkpoint: str = "gpt2",
+    tasks: str = "hellaswag,lambada_openai,wikitext",
+    num_fewshot: int | None = None,
+    limit: float | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    device: str = "auto",
+    dtype: Literal["float32", "bfloat16"] | None = None,
+    include_path: str | None = None,
+    output: str | None = None,
+    seed: int = 1234,
+    rope_scaling: Literal["linear", "ntk"] | None = None,
+    rope_scaling_factor: float = 1.0,
+) -> None:
+    """Score a checkpoint on lm-evaluation-harness tasks (HellaSwag, LAMBADA, WikiText, ...), as the harness scores
+    HF models; prints its table (docs/evaluation.md).
+
+    Args:
+        checkpoint: a hub id, a checkpoint directory (any variant) or a Lightning .ckpt file or sharded directory.
+        tasks: comma-separated harness task names (`lm-eval ls tasks` lists them).
+        num_fewshot: few-shot examples per prompt (default: each task's own, 0 for these three).
+        limit: documents per task (a fraction of them when < 1); for quick checks, not for reported numbers.
+        batch_size: sequences per forward pass.
+        max_length: tokens per scored window (default: the model's block_size; RoPE and windowed models may take
+            more); longer contexts are cut from the left, as the harness's HFLM cuts them.
+        device: auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps.
+        dtype: the weights' dtype (default float32).
+        include_path: a directory of task YAMLs, e.g. configs/eval (local JSONL copies, no Hub access; with
+            HF_DATASETS_OFFLINE=1 on machines without it).
+        output: write the results (with the checkpoint, its config and this package's version) as JSON here.
+        seed: the harness's random seeds (few-shot sampling) and sampled generation's.
+        rope_scaling: run a RoPE model past its training length: linear (position interpolation) or ntk
+            (NTK-aware), by --rope_scaling_factor (docs/variants.md).
+        rope_scaling_factor: the scaling factor, e.g. the scored length over the training length.
+    """
+    from gpt2_lightning.evaluation import evaluate as run_evaluation  # imports lm-eval: off the other commands' start
+
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    run_evaluation(checkpoint, names, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+                   max_length=max_length, device=pick_device(device), dtype=dtype, include_path=include_path,
+                   output=output, seed=seed, rope_scaling=rope_scaling, rope_scaling_factor=rope_scaling_factor)
 
 
 def _accept_legacy_spellings(function: Callable, argv: Sequence[str]) -> list[str]:
@@ -326,12 +396,19 @@ class GPT2LightningCLI(CommandLineOverCheckpoint, LightningCLI):
             raise UsageError(f"{err} (check the config)") from err
 
     def instantiate_trainer(self, **kwargs):
+        trainer_config = self._section().trainer
+        if trainer_config.logger in (None, True):  # Lightning's default logger, as Lightning would build it, with
+            # TensorBoard's first screen on the run's own cards (console.TensorBoard); a configured logger stands
+            kwargs.setdefault("logger", TensorBoard(save_dir=trainer_config.default_root_dir or os.getcwd(),
+                                                    version=SLURMEnvironment.job_id()))
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make its saves atomic
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if self.subcommand == "fit":
-            trainer.callbacks[:0] = [LoggedStepIsOptimizerStep(), PreemptionCheckpoint(self._last_path())]
-            trainer.callbacks.append(TokenThroughput())
+            last = self._last_path()
+            trainer.callbacks[:0] = [LoggedStepIsOptimizerStep(), PreemptionCheckpoint(last), ExplainStop(last),
+                                     CheckpointBeforeFullDiskStop(last)]
+            trainer.callbacks += [TokenThroughput(), RunSummary()]
             bar = trainer.progress_bar_callback
             if bar is not None:
                 trainer.callbacks.remove(bar)
@@ -357,15 +434,33 @@ class GPT2LightningCLI(CommandLineOverCheckpoint, LightningCLI):
 
     before_validate = before_test = before_predict = _vet_checkpoint_to_load
 
+    def _say_coverage(self) -> None:
+        """A loss over part of the held-out split says so (the quickstart's limit_val_batches reads 4 of 12)."""
+        stage = "val" if self.subcommand == "validate" else "test"
+        read = sum(getattr(self.trainer, f"num_{stage}_batches"))
+        total = len(self.datamodule.val_dataloader())
+        if read < total and self.trainer.is_global_zero:
+            print(f"{self.subcommand}: read {read} of the {total} batches of the held-out split "
+                  f"(trainer.limit_{stage}_batches); --trainer.limit_{stage}_batches 1.0 reads all of it", flush=True)
+
+    after_validate = after_test = _say_coverage
+
     def before_fit(self) -> None:
         config = self.config.fit
-        self._hand_over(prepare_fit(self.trainer, self._last_path(), config.ckpt_path, config.model.config.vocab_size,
-                                    self.resources))
+        if config.model.init_from is not None:  # config.yaml records what init_from built, not the config's defaults
+            record_architecture(config.model, dataclasses.asdict(self.model.config))
+        path = prepare_fit(self.trainer, self._last_path(), config.ckpt_path, config.model.config.vocab_size,
+                           self.resources)
+        self.datamodule.resume_from = path  # whose prepared data must not be replaced by re-tokenizing
+        self._hand_over(path)
 
     def after_fit(self) -> None:
         if any(isinstance(c, PreemptionCheckpoint) and c.preempted for c in self.trainer.callbacks):
             raise SIGTERMException()  # saved and stopped: exit as preempted, not as finished
         print_sample(self.trainer, self.model)
+        summary = next(c for c in self.trainer.callbacks if isinstance(c, RunSummary))
+        config = Path(self.trainer.log_dir or "", self.save_config_kwargs.get("config_filename", "config.yaml"))
+        summary.print(self.trainer, self._last_path(), config if config.is_file() else None)
 
 
 class GPT2PrepareCLI(GPT2LightningCLI):
@@ -397,9 +492,10 @@ def run_lightning(name: str, argv: Sequence[str]) -> None:
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
                 raise
-            sys.exit(f"gpt2-lightning {name}: error: cannot write {err.filename or 'the run directory'} "
-                     f"({err.strerror}); the last complete checkpoint is intact: free space or fix permissions, then "
-                     "resume with --ckpt_path last")
+            where = f"{err.filename} (on the disk mounted at {disk_of(err.filename)})" if err.filename else \
+                "the run directory"
+            sys.exit(f"gpt2-lightning {name}: error: cannot write {where}: {err.strerror}; the last complete "
+                     "checkpoint is intact: free space or fix permissions, then resume with --ckpt_path last")
 
 
 def run_prepare(argv: Sequence[str]) -> None:
@@ -437,14 +533,17 @@ COMMANDS: dict[str, Command] = {
                              "any key as --a.b.c"),
     "validate": _lightning("validate", "validation loss of a checkpoint (--ckpt_path) on the config's validation "
                                        "split"),
-    "test": _lightning("test", "test loss of a checkpoint (--ckpt_path) on the held-out split"),
-    "predict": _lightning("predict", "next-token predictions of a checkpoint (--ckpt_path) for the held-out windows"),
+    "test": _lightning("test", "test loss of a checkpoint (--ckpt_path) on the held-out split (the corpus's last "
+                               "data.val_size, which validation reads too)"),
+    "predict": _lightning("predict", "next-token predictions of a checkpoint (--ckpt_path) for the held-out split's "
+                                     "windows"),
     "prepare": Command("tokenize a config's training data once, ahead of fit: takes fit's --config and --data.* "
                        "arguments", run_prepare),
     "generate": _function("generate", generate),
     "download": _function("download", download),
     "convert": _function("convert", convert),
     "analyze": _function("analyze", analyze),
+    "evaluate": _function("evaluate", evaluate),
 }
 
 

@@ -19,15 +19,18 @@ Validation: the validation windows in order, dealt the same way to ranks and wor
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from gpt2_lightning.checkpoints.lightning import read_metadata
 from gpt2_lightning.corpus import OPENWEBTEXT, OPENWEBTEXT_PARQUET_REVISION, Corpus
-from gpt2_lightning.errors import DataError
+from gpt2_lightning.errors import CheckpointError, DataError
 from gpt2_lightning.token_cache import TokenCache, cache_path, check_source, check_val_size, prepare
 
 _GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constants for multiplicative hashing
@@ -194,13 +197,24 @@ class GPT2DataModule(L.LightningDataModule):
         self.num_workers, self.num_proc, self.cache_dir, self.seed = num_workers, num_proc, cache_dir, seed
         self.start_batch = 0  # the position without a trainer (benchmarks, tests); with one, the trainer's
         self.cache: TokenCache | None = None
+        self.resume_from: str | os.PathLike | None = None  # the checkpoint `fit` resumes (its data is never replaced)
         self.train_windows: TokenWindows | None = None
         self.val_windows: TokenWindows | None = None
 
     # ---- preparing and opening -------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        prepare(self.corpus, self.cache_dir, self.num_proc, self.val_size)
+        prepare(self.corpus, self.cache_dir, self.num_proc, self.val_size, resuming=self._resumed_data_id())
+
+    def _resumed_data_id(self) -> str | None:
+        """The prepared-data id the checkpoint being resumed (`resume_from`, set by the command) trained on."""
+        if self.resume_from is None:
+            return None
+        try:
+            state = read_metadata(Path(self.resume_from)).get(type(self).__qualname__) or {}
+        except CheckpointError:
+            return None  # the command vetted it; Lightning's own load names what is wrong
+        return (state.get("fingerprint") or {}).get("prepared data")
 
     def setup(self, stage: str | None = None) -> None:
         self.cache = TokenCache(cache_path(self.corpus, self.cache_dir))

@@ -1,9 +1,11 @@
-"""Files and processes shared by data preparation and training: writes that an interruption never leaves half
-done, and whether the process that left a lock or a temporary directory is still alive."""
+"""Files and processes shared by data preparation, training and the analysis: writes that an interruption never
+leaves half done, content hashes, the disk a path is on, and whether the process that left a lock or a temporary
+directory is still alive."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -35,6 +37,15 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The file's sha256, read in 4 MiB pieces (hashing releases the GIL: several files hash in parallel threads)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while piece := f.read(4 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def disk_of(path: Path) -> Path:

@@ -3,7 +3,8 @@
 The model (`gpt2_lightning.model`) is the reference computation; everything that exists only to produce text
 fast lives here, as nanochat's engine.py sits beside its gpt.py:
 
-- `KVCache`: every layer's keys and values, preallocated; a rolling buffer of w slots for a sliding window w.
+- `KVCache`: every layer's keys and values, preallocated; a rolling buffer of w slots for a layer with a
+  sliding window w, a slot per position for a global one.
 - `Sampling`: temperature, top-k, top-p, the end-of-text id and the random generator, checked once.
 - `generate` / `generate_stream`: a prefill of the prompt, then one token per step through the same
   `GPT.forward` training uses, optionally compiled (`compile=True`).
@@ -35,11 +36,11 @@ from gpt2_lightning.model import GPT
 class KVCache:
     """Keys and values of every layer, preallocated so decoding never reallocates.
 
-    `k` and `v` have shape (n_layer, B, nkv, slots, hs): only the key/value heads are stored, so a GQA cache is
-    n_kv_head / n_head the size of MHA's. Without a window there is a slot per position (`max_len`). With a
-    sliding window w < max_len the cache is a rolling buffer of w slots — position p lives in slot p % w —
-    so decoding memory stays bounded however long the text gets. A cache that would not fit in the free memory
-    of its device is refused before any allocation.
+    Layer l keeps `k[l]` and `v[l]` of shape (B, nkv, slots[l], hs): only the key/value heads are stored, so a GQA
+    cache is n_kv_head / n_head the size of MHA's. A layer without a window has a slot per position (`max_len`).
+    A layer with a sliding window w < max_len keeps a rolling buffer of w slots — position p lives in slot p % w —
+    so its memory stays bounded however long the text gets; a local:global hybrid pays full length only for its
+    global layers. A cache that would not fit in the free memory of its device is refused before any allocation.
     """
 
     def __init__(
@@ -49,19 +50,19 @@ class KVCache:
         n_kv_head: int,
         head_dim: int,
         max_len: int,
-        window: int | None = None,
+        window: int | list[int | None] | None = None,
         device=None,
         dtype=None,
     ) -> None:
-        self.slots = min(window, max_len) if window is not None else max_len
-        shape = (n_layer, batch_size, n_kv_head, self.slots, head_dim)
+        windows = window if isinstance(window, list) else [window] * n_layer  # one per layer
+        self.slots = [min(w, max_len) if w is not None else max_len for w in windows]
         device, dtype = torch.device(device or "cpu"), dtype or torch.get_default_dtype()
-        need = 2 * math.prod(shape) * dtype.itemsize  # k and v, checked before anything is allocated
+        need = 2 * batch_size * n_kv_head * head_dim * sum(self.slots) * dtype.itemsize  # checked before allocating
         if need > (free := _free_memory(device)):
             raise UsageError(f"the KV cache for {batch_size} × {max_len:,} positions needs {need / 2**30:,.1f} GiB, "
                              f"more than the {free / 2**30:,.1f} GiB free on {device}; ask for fewer tokens")
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.k = [torch.zeros(batch_size, n_kv_head, n, head_dim, device=device, dtype=dtype) for n in self.slots]
+        self.v = [torch.zeros_like(k) for k in self.k]
         self.max_len = max_len
         self.pos = 0  # positions [0, pos) have been written; `update` advances it at the last layer
 
@@ -77,42 +78,47 @@ class KVCache:
         if end > self.max_len:
             raise ValueError(f"KVCache holds {self.max_len} positions; writing up to position {end} overflows it")
         keys, values = self._write(layer, k, v, start, end)
-        if layer == self.k.size(0) - 1:  # every layer has the new positions: the sequence moves on
+        if layer == len(self.k) - 1:  # every layer has the new positions: the sequence moves on
             self.pos = end
         return keys, values
 
     def _write(
         self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int, end: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        T = end - start
+        T, slots = end - start, self.slots[layer]
         k_layer, v_layer = self.k[layer], self.v[layer]  # (B, nkv, slots, hs)
-        if self.slots == self.max_len:  # a slot per position: positions are slots
+        if slots == self.max_len:  # a slot per position: positions are slots
             k_layer[:, :, start:end], v_layer[:, :, start:end] = k, v
             return k_layer[:, :, :end], v_layer[:, :, :end]
         # Tensor indices, not Python ints, so that a compiled decoding step serves every position (an int slot
         # would specialize the graph to it: a recompile per step until torch.compile gives up).
-        kept = min(T, self.slots)  # only the last `slots` new positions can still be seen later
-        written = torch.arange(end - kept, end, device=k.device) % self.slots
+        kept = min(T, slots)  # only the last `slots` new positions can still be seen later
+        written = torch.arange(end - kept, end, device=k.device) % slots
         if T == 1:  # the new token sees every filled slot, in slot order: attention does not depend on key order
             k_layer[:, :, written], v_layer[:, :, written] = k, v
-            filled = min(end, self.slots)
+            filled = min(end, slots)
             return k_layer[:, :, :filled], v_layer[:, :, :filled]
-        previous = torch.arange(start - min(start, self.slots), start, device=k.device) % self.slots
+        previous = torch.arange(start - min(start, slots), start, device=k.device) % slots
         keys = torch.cat([k_layer[:, :, previous], k], dim=2)  # (B, nkv, S, hs) in position order
         values = torch.cat([v_layer[:, :, previous], v], dim=2)
         k_layer[:, :, written], v_layer[:, :, written] = k[:, :, -kept:], v[:, :, -kept:]
         return keys, values
 
+    def repeat_batch(self, n: int) -> None:
+        """Repeat every cached sequence n times along the batch: a prefix run once, continued in n rows."""
+        self.k = [k.repeat(n, 1, 1, 1) for k in self.k]
+        self.v = [v.repeat(n, 1, 1, 1) for v in self.v]
+
     @classmethod
     def for_model(cls, model: GPT, batch_size: int, max_len: int) -> KVCache:
         """An empty cache for `max_len` positions of `model`, on its device and in its dtype."""
         c, weight = model.config, model.transformer.wte.weight
-        return cls(c.n_layer, batch_size, c.kv_heads, c.head_dim, max_len, c.sliding_window, weight.device,
+        return cls(c.n_layer, batch_size, c.kv_heads, c.head_dim, max_len, c.layer_windows, weight.device,
                    weight.dtype)
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        return sum(t.nbytes for t in (*self.k, *self.v))
 
 
 def _free_memory(device: torch.device) -> int:

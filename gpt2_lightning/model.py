@@ -19,6 +19,7 @@ nh n_head, nkv key/value heads, hs head size (C // nh), V vocab_size.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Protocol
 
 import torch
@@ -51,7 +52,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
-        self.window = config.sliding_window
+        self.window = config.window_of(layer_idx)
         self.layer_idx = layer_idx  # which slice of a key/value cache belongs to this layer
         self.dropout = config.dropout
         qkv_width = (config.n_head + 2 * config.kv_heads) * config.head_dim
@@ -122,9 +123,11 @@ class GPT(nn.Module):
         layers = {"wte": nn.Embedding(config.vocab_size, config.n_embd)}
         if config.pos_encoding == "learned":
             layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        else:  # rope: no position table; q and k are rotated in every attention layer
-            inv_freq = rope_frequencies(config.head_dim, config.rope_theta)
-            self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
+        else:  # rope: no position table; q and k are rotated in every attention layer, at its layer's base
+            for name, theta in self._rope_bases().items():
+                inv_freq = rope_frequencies(config.head_dim, theta, scaling=config.rope_scaling,
+                                            factor=config.rope_scaling_factor)
+                self.register_buffer(name, inv_freq, persistent=False)
         layers.update(
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
@@ -147,6 +150,24 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def scale_rope(self, scaling: str | None, factor: float = 1.0) -> None:
+        """Run rotary positions past the training length from now on: position interpolation ("linear") or
+        NTK-aware scaling ("ntk") by `factor`, or plain RoPE (None); see `GPTConfig.rope_scaling`. The weights are
+        untouched: an inference setting, recorded in the config so a save keeps it."""
+        self.config = replace(self.config, rope_scaling=scaling, rope_scaling_factor=factor)  # checks the values
+        for name, theta in self._rope_bases().items():
+            inv_freq = rope_frequencies(self.config.head_dim, theta, scaling=scaling, factor=factor)
+            self.register_buffer(name, inv_freq.to(getattr(self, name).device), persistent=False)
+
+    def _rope_bases(self) -> dict[str, float]:
+        """The frequency buffer of each RoPE base in use: `rope_inv_freq`, and `rope_inv_freq_local` for the
+        windowed layers when they have a base of their own."""
+        c = self.config
+        bases = {"rope_inv_freq": c.rope_theta}
+        if c.rope_theta_local is not None and c.has_window:
+            bases["rope_inv_freq_local"] = c.rope_theta_local
+        return bases
+
     def num_params(self) -> int:
         """Number of parameters, the tied embedding / LM head counted once (as OpenAI counts them)."""
         return sum(p.numel() for p in self.parameters())
@@ -154,15 +175,19 @@ class GPT(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token for sequences of `seq_len` (2 per multiply-add; training is 3× this).
 
-        2·(weights of every matmul, LM head included) + 4·n_layer·n_embd·S, where S is the mean number of keys a
-        query reads: (T+1)/2 with full causal attention, min(t+1, w) averaged over positions with a window w.
+        2·(weights of every matmul, LM head included) + 4·n_embd·Σ_layers S_l, where S_l is the mean number of keys
+        a query of layer l reads: (T+1)/2 with full causal attention, min(t+1, w) averaged over positions with a
+        window w.
         """
         c, T = self.config, seq_len
         per_layer = c.n_embd * (c.n_head + 2 * c.kv_heads) * c.head_dim + c.n_embd**2 + 8 * c.n_embd**2
         matmul_weights = c.n_layer * per_layer + c.vocab_size * c.n_embd
-        w = c.sliding_window or T
-        keys = (sum(range(1, min(w, T) + 1)) + max(T - w, 0) * w) / T  # mean of min(t + 1, w) over t < T
-        return 2 * matmul_weights + 4 * c.n_layer * c.n_embd * keys
+
+        def mean_keys(w: int) -> float:  # mean of min(t + 1, w) over t < T
+            return (sum(range(1, min(w, T) + 1)) + max(T - w, 0) * w) / T
+
+        keys = sum(mean_keys(w or T) for w in c.layer_windows)
+        return 2 * matmul_weights + 4 * c.n_embd * keys
 
     def check_length(self, length: int) -> None:
         """Learned positions stop at block_size; rotary positions run on (block_size is then the training length)."""
@@ -195,14 +220,16 @@ class GPT(nn.Module):
         self.check_length(start + T)
         pos = torch.arange(start, start + T, device=input_ids.device)  # (T,)
         x = self.transformer.wte(input_ids)  # (B, T, C)
-        rope = None
+        rope = {}
         if self.config.pos_encoding == "learned":
             x = x + self.transformer.wpe(pos)
-        else:
-            rope = rope_tables(self.rope_inv_freq, pos)  # 2 × (T, hs), shared by every layer
+        else:  # 2 × (T, hs) per base, shared by the layers of that base
+            rope = {name: rope_tables(getattr(self, name), pos) for name in self._rope_bases()}
         x = self.transformer.drop(x)
+        local = "rope_inv_freq_local" if "rope_inv_freq_local" in rope else "rope_inv_freq"
         for block in self.transformer.h:
-            x = block(x, rope, kv_cache)  # the cache advances past these T positions at its last layer
+            tables = rope.get(local if block.attn.window is not None else "rope_inv_freq")
+            x = block(x, tables, kv_cache)  # the cache advances past these T positions at its last layer
         return self.transformer.ln_f(x)
 
     def forward(

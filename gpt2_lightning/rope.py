@@ -14,9 +14,23 @@ from __future__ import annotations
 import torch
 
 
-def rope_frequencies(head_dim: int, theta: float = 10000.0, device=None) -> torch.Tensor:
-    """θ_i = theta^(-2i / head_dim) for i < head_dim / 2 → (hs/2,) float32."""
-    return theta ** -(torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+def rope_frequencies(
+    head_dim: int, theta: float = 10000.0, device=None, scaling: str | None = None, factor: float = 1.0
+) -> torch.Tensor:
+    """θ_i = theta^(-2i / head_dim) for i < head_dim / 2 → (hs/2,) float32, scaled to run past the training length:
+
+    - "linear", position interpolation (Chen et al. 2023, arXiv:2306.15595): position m is read as m / s, i.e.
+      every θ_i divided by s — the model never sees an angle larger than in training, at the price of resolution;
+    - "ntk", NTK-aware scaling (bloc97, 2023): the base becomes theta · s^(hs / (hs - 2)), which leaves θ_0 = 1
+      untouched and divides the lowest frequency by exactly s: high frequencies (local order) keep their
+      resolution, low ones are interpolated.
+
+    At s = 1 both are exactly RoPE.
+    """
+    if scaling == "ntk":
+        theta = theta * factor ** (head_dim / (head_dim - 2))
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    return inv_freq / factor if scaling == "linear" else inv_freq
 
 
 def rope_tables(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

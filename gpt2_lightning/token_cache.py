@@ -3,11 +3,18 @@
 Layout of one prepared corpus, `<cache_dir>/<label>-<key>/` (key: the corpus identity, tokenizer and format):
 
     manifest.json        what the source was (files with sizes and sha256, or dataset + revision + split + column),
-                         the tokenizer, document and token counts, the shards, the validation split made at
-                         prepare time, and `id`, the fingerprint a resumed run checks
+                         the tokenizer, document and token counts, the shards with their sha256, the document
+                         index's sha256, the validation split made at prepare time, and `id`, the fingerprint a
+                         resumed run checks (the source, the tokenizer and every hash: the data, not its mtimes)
     tokens-00000.bin     GPT-2 token ids as little-endian uint16 (nanoGPT's format), `<|endoftext|>` after every
     tokens-00001.bin     document; one stream cut into shards of at most SHARD_TOKENS tokens
     documents.npy        int64 start offset of every document in the stream (where validation may begin)
+
+What is checked, at what cost: opening a cache for a run (every rank, every start) checks each file's size and the
+manifest's counts (a few `stat` calls); reusing one in `prepare` (the `prepare` command, and `fit`'s start on
+local rank 0 of each node) also hashes every file against the manifest — reading the whole cache once, ~18 GB for
+OpenWebText, tens of seconds from a local disk, hashed by several threads — so a damaged or swapped shard is named
+before a step trains on it.
 
 Preparing reads the documents in order in this process (every defect is found here, before any training
 step), tokenizes chunks of them in `num_proc` worker processes, writes into a temporary directory and renames
@@ -30,7 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
@@ -39,10 +46,10 @@ import numpy as np
 
 from gpt2_lightning.corpus import Corpus
 from gpt2_lightning.errors import DataError
-from gpt2_lightning.files import disk_of, process_alive
+from gpt2_lightning.files import disk_of, file_sha256, process_alive
 from gpt2_lightning.tokenizer import EOT_ID, VOCAB_SHA256, get_tokenizer
 
-FORMAT = 1
+FORMAT = 2  # 2: shards and the document index carry their sha256, which the prepared-data id includes
 SHARD_TOKENS = 1 << 27  # 128 Mi tokens = 256 MiB per shard
 CHUNK_BYTES = 4 << 20  # text handed to a tokenizer process at a time
 TOKEN_DTYPE = np.dtype("<u2")
@@ -174,12 +181,13 @@ def _sigterm_ends_preparation(path: Path) -> Iterator[None]:
 
 
 class _ShardWriter:
-    """Appends tokens to tokens-NNNNN.bin files of at most `shard_tokens` tokens each."""
+    """Appends tokens to tokens-NNNNN.bin files of at most `shard_tokens` tokens each, hashing what it writes."""
 
     def __init__(self, directory: Path, shard_tokens: int) -> None:
         self.directory, self.shard_tokens = directory, shard_tokens
         self.shards: list[dict] = []
         self._file = None
+        self._hash = None
 
     def write(self, tokens: np.ndarray) -> None:
         while tokens.size:
@@ -187,13 +195,15 @@ class _ShardWriter:
                 self._open_next()
             room = self.shard_tokens - self.shards[-1]["tokens"]
             piece, tokens = tokens[:room], tokens[room:]
-            self._file.write(piece.tobytes())
+            data = piece.tobytes()
+            self._file.write(data)
+            self._hash.update(data)
             self.shards[-1]["tokens"] += int(piece.size)
 
     def _open_next(self) -> None:
         self.close()
         name = f"tokens-{len(self.shards):05d}.bin"
-        self._file = open(self.directory / name, "wb")
+        self._file, self._hash = open(self.directory / name, "wb"), hashlib.sha256()
         self.shards.append({"file": name, "tokens": 0})
 
     def close(self) -> None:
@@ -202,6 +212,7 @@ class _ShardWriter:
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
+            self.shards[-1]["sha256"] = self._hash.hexdigest()
 
 
 def prepare(
@@ -211,17 +222,29 @@ def prepare(
     val_size: float = 0.0005,
     shard_tokens: int = SHARD_TOKENS,
     log=print,
+    resuming: str | None = None,
 ) -> Path:
-    """Tokenize `corpus` once into its cache directory and return it; a matching, unchanged cache is reused."""
+    """Tokenize `corpus` once into its cache directory and return it; a matching, unchanged cache is reused after
+    its files are hashed against the manifest. `resuming`: the prepared-data id a run being resumed trained on; its
+    data is never replaced (a changed source is refused before anything is tokenized)."""
     path = cache_path(corpus, cache_dir)
     if (path / "manifest.json").is_file():
         manifest = read_manifest(path)
         check_source(manifest, corpus, path)
         changed = corpus.changed(manifest["source"].get("content", {}))
         if not changed:
-            TokenCache(path).validation_start(val_size)  # checks the shards, the document index and val_size
-            log(f"data: using {path} ({manifest['documents']:,} documents, {manifest['tokens']:,} tokens)")
+            started = time.perf_counter()
+            cache = TokenCache(path)
+            cache.validation_start(val_size)  # checks the document index and val_size
+            cache.verify()
+            log(f"data: using {path} ({manifest['documents']:,} documents, {manifest['tokens']:,} tokens; every file "
+                f"checked against its sha256 in {time.perf_counter() - started:.1f} s)")
             return path
+        if resuming is not None and manifest.get("id") == resuming:
+            raise DataError(
+                f"{len(changed)} source file(s) changed since the data this run trains on was prepared "
+                f"({', '.join(changed[:3])}): resuming would train on other data. Restore them (the prepared data in "
+                f"{path} is kept), or start a new run from the checkpoint's weights (model.init_from=<the .ckpt>)")
         log(f"data: {len(changed)} source file(s) changed since {path} was prepared ({', '.join(changed[:3])}); "
             "tokenizing again")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,6 +289,7 @@ def _write(corpus: Corpus, directory: Path, num_proc: int, val_size: float, shar
     doc_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     n_tokens = int(lengths.sum())
     np.save(directory / "documents.npy", doc_starts)
+    index_sha256 = file_sha256(directory / "documents.npy")
     start, how = validation_start(doc_starts, n_tokens, val_size)
     seconds = time.perf_counter() - started
     source = {**corpus.identity(), "content": corpus.content()}
@@ -277,9 +301,10 @@ def _write(corpus: Corpus, directory: Path, num_proc: int, val_size: float, shar
         "tokens": n_tokens,
         "text_characters": text_chars,
         "shards": writer.shards,
+        "document_index": {"file": "documents.npy", "sha256": index_sha256},
         "split": {"val_size": val_size, "validation_start": start, "taken_as": how, "train_tokens": start,
                   "validation_tokens": n_tokens - start},
-        "id": prepared_id(source, n_tokens),
+        "id": prepared_id(source, n_tokens, writer.shards, index_sha256),
         "prepared": {"seconds": round(seconds, 2), "num_proc": num_proc, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -328,12 +353,14 @@ def check_source(manifest: dict, corpus: Corpus, path: Path) -> None:
                         f"delete {path} and prepare again")
 
 
-def prepared_id(source: dict, n_tokens: int) -> str:
-    """What a run's data fingerprint records of its prepared data: the corpus identity and each file's size and
-    sha256, never modification times, so a source restored byte for byte (cp, git checkout) is the same data."""
+def prepared_id(source: dict, n_tokens: int, shards: list[dict], index_sha256: str) -> str:
+    """What a run's data fingerprint records of its prepared data: the corpus identity, each source file's size and
+    sha256 (never modification times, so a source restored byte for byte — cp, git checkout — is the same data),
+    and the hash of every shard and of the document index (the tokens themselves)."""
     content = {name: {k: v for k, v in entry.items() if k != "mtime_ns"}
                for name, entry in source.get("content", {}).items()}
-    return hashlib.sha256(json.dumps([{**source, "content": content}, TOKENIZER, n_tokens],
+    tokens = [(shard["file"], shard["tokens"], shard["sha256"]) for shard in shards]
+    return hashlib.sha256(json.dumps([{**source, "content": content}, TOKENIZER, n_tokens, tokens, index_sha256],
                                      sort_keys=True).encode()).hexdigest()
 
 
@@ -378,7 +405,25 @@ class TokenCache:
                     "again")
         self.bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # shard s holds [bounds[s], bounds[s+1])
         self.n_tokens = int(self.bounds[-1])
+        if self.n_tokens != self.manifest.get("tokens"):
+            raise DataError(f"{self.path / 'manifest.json'} counts {self.manifest.get('tokens')!r} tokens, its "
+                            f"shards hold {self.n_tokens:,}: the prepared data is damaged; delete {self.path} and "
+                            "prepare again")
         self._maps: list[np.memmap] | None = None
+
+    def verify(self, threads: int = 8) -> None:
+        """Hash every shard and the document index against the manifest (reads the whole cache: see the module's
+        docstring for the cost); a file that differs is named."""
+        index = self.manifest.get("document_index")
+        expected = [(file, shard.get("sha256")) for file, shard in zip(self.files, self.manifest["shards"])]
+        expected.append((self.path / "documents.npy", index.get("sha256") if isinstance(index, dict) else None))
+        with ThreadPoolExecutor(max(1, min(threads, len(expected)))) as pool:
+            actual = list(pool.map(file_sha256, [file for file, _ in expected]))
+        for (file, want), got in zip(expected, actual):
+            if got != want:
+                raise DataError(f"{file} is not what was prepared (sha256 {got[:12]}…, the manifest says "
+                                f"{str(want)[:12]}…): the prepared data is damaged or was replaced; delete {self.path} "
+                                "and prepare again")
 
     def _shards(self) -> tuple[list[Path], list[int]]:
         """The manifest's shard files and token counts. A shard must be a plain file of this directory (no path
@@ -409,6 +454,10 @@ class TokenCache:
         except (OSError, ValueError) as err:
             raise DataError(f"{documents} is unreadable ({str(err)[:120]}); delete {self.path} and prepare "
                             "again") from err
+        if starts.ndim != 1 or len(starts) != self.manifest.get("documents"):
+            raise DataError(f"{documents} indexes {len(starts):,} documents, the manifest counts "
+                            f"{self.manifest.get('documents')!r}: the prepared data is damaged; delete {self.path} and "
+                            "prepare again")
         return validation_start(starts, self.n_tokens, val_size)
 
     def read(self, starts: np.ndarray, length: int) -> np.ndarray:

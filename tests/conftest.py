@@ -9,6 +9,8 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported anywhere: tests never reach the Hub
 # prepared (tokenized) data goes to a fresh directory per test session, never the user's cache
 os.environ["GPT2_LIGHTNING_DATA"] = tempfile.mkdtemp(prefix="gpt2-lightning-data-")
+# a CPU's measured peak FLOP/s (MFU) is cached per test session too, never in the user's cache
+os.environ["GPT2_LIGHTNING_PEAK_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="gpt2-lightning-peak-"), "peak.json")
 
 import pytest  # noqa: E402
 from helpers import SHAPES, fit, make_hf_model, save_layout, write_small_corpus  # noqa: E402

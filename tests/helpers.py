@@ -25,6 +25,7 @@ TINY = [
     "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
     "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
     "--model.peak_flops", "1e11", "--checkpoint.every_n_train_steps", "4", "--seed_everything", "7",
+    "--data.source", "builtin",  # the tests' corpus (the quickstart's default is the packaged moby-dick)
 ]
 
 TINY_CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)  # the model TINY trains
@@ -49,6 +50,18 @@ def logged_scalars(root: str | os.PathLike, tag: str, versions: str = "lightning
         if tag in events.Tags()["scalars"]:
             values.update({e.step: e.value for e in events.Scalars(tag)})
     return values
+
+
+def scalar_tags(root: str | os.PathLike, versions: str = "lightning_logs/version_*") -> set[str]:
+    """Every TensorBoard scalar tag a run logged, over every version under root."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for path in glob.glob(os.path.join(root, versions)):
+        events = EventAccumulator(path)
+        events.Reload()
+        tags.update(events.Tags()["scalars"])
+    return tags
 
 
 # ---- corpora ---------------------------------------------------------------------------------------------------

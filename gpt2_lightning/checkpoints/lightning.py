@@ -132,10 +132,15 @@ def check_lightning_checkpoint(path: Path) -> None:
         _load(path, mmap=True)
 
 
+def read_metadata(path: Path) -> dict:
+    """A checkpoint's entries besides the weights and optimizer state (hyper-parameters, loops, the data module's
+    state): a sharded checkpoint keeps them in `meta.pt`; a single file is mapped, its tensors never read."""
+    return _load(path / "meta.pt") if path.is_dir() else _load(path, mmap=True)
+
+
 def read_hyperparameters(path: Path) -> dict:
-    """The module's hyper-parameters saved in a checkpoint (a sharded one keeps them in `meta.pt`)."""
-    checkpoint = _load(path / "meta.pt") if path.is_dir() else _load(path, mmap=True)
-    return checkpoint.get("hyper_parameters", {})
+    """The module's hyper-parameters saved in a checkpoint."""
+    return read_metadata(path).get("hyper_parameters", {})
 
 
 def read_lightning_checkpoint(path: Path) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import _get_rank
-from lightning.pytorch.callbacks import ThroughputMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 WRITTEN_AGAINST = "2.6.6"
@@ -46,12 +46,17 @@ def set_logged_step(trainer: L.Trainer, step: int) -> None:
     trainer.fit_loop.epoch_loop._batches_that_stepped = step
 
 
-def set_peak_flops(monitor: ThroughputMonitor, peak: float | None) -> None:
-    """Give ThroughputMonitor the peak FLOP/s its MFU divides by: it has no public argument for it (it looks the
-    peak up in its GPU table at setup), so each of its per-stage `Throughput` trackers is told directly."""
-    monitor.available_flops = peak
-    for throughput in monitor._throughputs.values():
-        throughput.available_flops = peak
+def align_run_batch_count(trainer: L.Trainer) -> None:
+    """At a batch's start, make Lightning's count of the run's batches (`batch_progress.total.ready`, which an
+    integer `val_check_interval` counts in) one more than the batches started before it, as in a straight run.
+
+    A restore resets only the epoch's counters to the last completed batch (`_Progress.reset_on_restart`); a
+    checkpoint saved at a batch's start (`StepCheckpoint`) leaves the run's count one ahead, so a run resumed from a
+    periodic save validated one step early (at 15 instead of 16): Lightning issue #19367, fix proposed in PR #21411.
+    Delete with that fix.
+    """
+    total = trainer.fit_loop.epoch_loop.batch_progress.total
+    total.ready = total.started + 1
 
 
 def progress_bar_due(bar: TQDMProgressBar, current: int, total: int) -> bool:

@@ -10,7 +10,7 @@ import math
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torchmetrics import MeanMetric
 
 from gpt2_lightning.checkpoints import load
@@ -47,11 +47,13 @@ class GPT2LightningModule(L.LightningModule):
             weight_decay: AdamW decay on weight matrices only (not biases, LayerNorms or embeddings).
             betas: AdamW betas.
             init_from: any checkpoint `gpt2_lightning.checkpoints.load` reads, to fine-tune from; its architecture
-                wins over `config`, except dropout, n_kv_head (converted with mha_to_gqa) and sliding_window, applied
-                on top.
+                wins over `config`, except dropout, n_kv_head (converted with mha_to_gqa), sliding_window and
+                block_size (the training length: learned positions past it are cropped, as nanoGPT does), applied
+                on top. One line says what was loaded and changed; config.yaml and hparams.yaml record the result.
             compile: torch.compile each transformer block (state-dict keys stay unprefixed; the first steps compile).
             peak_flops: FLOP/s per device that MFU divides by (default: Lightning's table for GPUs at the training
-                precision, this CPU's measured fp32 matmul rate on CPUs); logged once as system/peak_flops.
+                precision, on CPUs this machine's fp32 matmul rate, measured once and cached); printed at the start
+                of `fit`.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -64,7 +66,8 @@ class GPT2LightningModule(L.LightningModule):
             )
         self.model = self._build(config, init_from)
         self.config = self.model.config
-        self.hparams["config"] = dataclasses.asdict(self.config)  # the architecture built (init_from may change it)
+        # The hyper-parameters (checkpoints, hparams.yaml) record the architecture built, which init_from may change.
+        self.save_hyperparameters({**self.hparams, "config": dataclasses.asdict(self.config)})
         self.val_loss = MeanMetric()
         self._rng_state: torch.Tensor | None = None
         self.flops_per_batch: float | None = None  # training FLOPs of one batch, read by the throughput monitor
@@ -74,19 +77,33 @@ class GPT2LightningModule(L.LightningModule):
         if init_from is None:
             return GPT(config)
         model = load(init_from).train()
-        if model.config.pos_encoding == "learned" and config.block_size > model.config.block_size:
+        loaded = model.config
+        if loaded.pos_encoding == "learned" and config.block_size > loaded.block_size:
             raise UsageError(
-                f"model.config.block_size={config.block_size} is longer than the {model.config.block_size} learned "
-                f"positions of {init_from}; set model.config.block_size <= {model.config.block_size} (it sets the "
+                f"model.config.block_size={config.block_size} is longer than the {loaded.block_size} learned "
+                f"positions of {init_from}; set model.config.block_size <= {loaded.block_size} (it sets the "
                 "training sequence length)"
             )
-        if config.n_kv_head is not None and config.n_kv_head != model.config.kv_heads:
+        changes = []
+        if config.n_kv_head is not None and config.n_kv_head != loaded.kv_heads:
             model = mha_to_gqa(model, config.n_kv_head)
-        wanted = dataclasses.replace(model.config, dropout=config.dropout, sliding_window=config.sliding_window)
+            changes.append(f"key/value heads {loaded.kv_heads} → {config.n_kv_head} (mean-pooled per group)")
+        wanted = dataclasses.replace(model.config, dropout=config.dropout, sliding_window=config.sliding_window,
+                                     block_size=config.block_size)
+        if wanted.block_size != loaded.block_size:
+            cropped = " (positions past it cropped)" if loaded.pos_encoding == "learned" else ""
+            changes.append(f"block_size {loaded.block_size} → {wanted.block_size}{cropped}")
+        if wanted.sliding_window != loaded.sliding_window:
+            changes.append(f"sliding_window {loaded.sliding_window} → {wanted.sliding_window}")
         if wanted != model.config:
-            rebuilt = GPT(wanted)
-            rebuilt.load_state_dict(model.state_dict())
-            model = rebuilt
+            state = model.state_dict()
+            if wanted.pos_encoding == "learned":
+                state["transformer.wpe.weight"] = state["transformer.wpe.weight"][: wanted.block_size]
+            model = GPT(wanted)
+            model.load_state_dict(state)
+        if rank_zero_only.rank == 0:
+            print(f"init_from {init_from}: {loaded.describe()}, {model.num_params():,} parameters; "
+                  + ("; ".join(changes) if changes else "architecture unchanged"), flush=True)
         return model
 
     def configure_model(self) -> None:
@@ -125,8 +142,6 @@ class GPT2LightningModule(L.LightningModule):
         # replicated (DDP), all of them.
         if self.trainer.world_size > 1 or local < total:
             print(f"rank {self.global_rank}: holds {local:,} of {total:,} parameters ({local / total:.1%})", flush=True)
-        if self.logger is not None and self.trainer.is_global_zero:
-            self.logger.log_metrics({"system/param_shard_fraction": local / total}, step=0)
         if self._rng_state is not None:  # resumed: continue the RNG stream (dropout) where the checkpoint left it
             torch.set_rng_state(self._rng_state)
             self._rng_state = None

@@ -190,7 +190,13 @@ def resume_without_init_from(model_config, path: Path) -> bool:
         saved = read_hyperparameters(path)["config"]
     except (CheckpointError, KeyError):
         return False
-    for key, value in saved.items():
-        model_config.config[key] = value
+    record_architecture(model_config, saved)
     model_config.init_from = None
     return True
+
+
+def record_architecture(model_config, architecture: dict) -> None:
+    """Make the parsed `model` section say the architecture that runs (config.yaml is written from it): after a
+    fine-tune's `init_from` or a resume, the source's, not the config's defaults."""
+    for key, value in architecture.items():
+        model_config.config[key] = value

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2_lightning import english
-from gpt2_lightning.english import CompactData, CompactVocabulary, fetch_reference_corpus, last_word_passages
+from gpt2_lightning.analysis import english
+from gpt2_lightning.analysis.english import CompactData, CompactVocabulary, fetch_reference_corpus, last_word_passages
 from gpt2_lightning.errors import UsageError
 from gpt2_lightning.tokenizer import get_tokenizer
 

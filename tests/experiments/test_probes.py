@@ -2,8 +2,7 @@
 
 import torch
 
-from gpt2_lightning.lm_loss import IGNORE_INDEX
-from gpt2_lightning.probes import (
+from gpt2_lightning.analysis.probes import (
     AccuracyCurve,
     AssociativeRecall,
     Passkey,
@@ -13,6 +12,7 @@ from gpt2_lightning.probes import (
     steps_to,
     train_probe,
 )
+from gpt2_lightning.lm_loss import IGNORE_INDEX
 
 
 def test_associative_recall_targets_are_the_values_bound_to_the_queried_keys():

@@ -4,9 +4,10 @@ import re
 
 import lightning as L
 from helpers import fit
+from helpers import logged_scalars as scalars
 
+from gpt2_lightning.analysis.probes import Passkey, ProbeData
 from gpt2_lightning.config import GPTConfig
-from gpt2_lightning.probes import Passkey, ProbeData
 from gpt2_lightning.train.console import StepProgressBar
 from gpt2_lightning.train.module import GPT2LightningModule
 
@@ -14,11 +15,16 @@ from gpt2_lightning.train.module import GPT2LightningModule
 def test_without_a_terminal_fit_prints_plain_lines_and_no_advertisement(tmp_path, capsys):
     fit(tmp_path, "--trainer.max_steps", "16", "--trainer.log_every_n_steps", "4")
     captured = capsys.readouterr()
-    steps = re.findall(r"^step (\d+)/16 \| loss \d+\.\d{4} \| lr \S+ \| (\S+) tokens/s \| ETA (\S+)$", captured.out,
-                       flags=re.MULTILINE)
-    assert [int(s) for s, _, _ in steps] == [4, 8, 12, 16]
-    assert steps[0][1:] == ("—", "—") and re.fullmatch(r"[\d,]+", steps[-1][1])  # the window fills at step 10
-    assert re.findall(r"^step (\d+) \| val/loss \d+\.\d{4} \| val/ppl", captured.out, flags=re.MULTILINE) == ["8", "16"]
+    line = r"^step (\d+) \| loss (\d+\.\d{4}) \| lr \S+ \| (\S+) tokens/s \| (\d+)/16 steps done, ETA (\S+)$"
+    steps = re.findall(line, captured.out, flags=re.MULTILINE)
+    assert [(int(s), int(done)) for s, _, _, done, _ in steps] == [(3, 4), (7, 8), (11, 12), (15, 16)]
+    assert steps[0][2] == steps[0][4] == "—" and re.fullmatch(r"[\d,]+", steps[-1][2])  # the window fills at step 10
+    val = re.findall(r"^step (\d+) \| val/loss (\d+\.\d{4}) \| val/ppl", captured.out, flags=re.MULTILINE)
+    assert [int(s) for s, _ in val] == [8, 16]
+    # the console's step numbers are TensorBoard's: each printed value sits at its printed step
+    loss, val_loss = scalars(tmp_path, "train/loss"), scalars(tmp_path, "val/loss")
+    assert all(f"{loss[int(s)]:.4f}" == value for s, value, *_ in steps)
+    assert all(f"{val_loss[int(s)]:.4f}" == value for s, value in val)
     assert "💡" not in captured.out + captured.err and "Total FLOPs: 0" not in captured.out
 
 

@@ -103,6 +103,18 @@ def test_resume_with_changed_data_settings_is_refused_naming_them(trained, chang
     assert (trained / "checkpoints" / "last.ckpt").read_bytes() == before
 
 
+def test_a_resume_whose_source_changed_is_refused_before_its_data_is_replaced(tmp_path):
+    write_docs(tmp_path / "src", builtin_documents()[:20])
+    data = ["--data.source", "files", "--data.paths", str(tmp_path / "src"), "--data.cache_dir", str(tmp_path / "c")]
+    fit(tmp_path / "run", *data, "--trainer.max_steps", "2")
+    (prepared,) = (tmp_path / "c").iterdir()
+    kept = {p.name: p.read_bytes() for p in prepared.iterdir()}
+    write_docs(tmp_path / "src", builtin_documents()[20:40])  # the source edited in place
+    with pytest.raises(SystemExit, match=r"changed since the data this run trains on was prepared"):
+        fit(tmp_path / "run", *data, "--trainer.max_steps", "4", "--ckpt_path", "last")
+    assert {p.name: p.read_bytes() for p in prepared.iterdir()} == kept  # not re-tokenized, not replaced
+
+
 def test_resume_with_other_workers_and_after_sigkill_is_exact(tmp_path, straight_16):
     """8 + 8 = 16 straight steps, with 2 workers in the second leg; and a run SIGKILLed mid-way resumes exactly."""
     straight_run, data = straight_16

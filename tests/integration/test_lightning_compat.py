@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.train import lightning_compat as compat
-from gpt2_lightning.train.callbacks import TokenThroughput
 from gpt2_lightning.train.module import GPT2LightningModule
 
 CONFIG = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16)
@@ -78,12 +77,36 @@ def test_set_logged_step_sets_the_step_lightning_logs_at():
     assert logger.logged["train/loss"] == [100, 101, 102]
 
 
-def test_set_peak_flops_is_what_mfu_divides_by():
-    logger = Steps()
-    trainer = tiny_fit(3, [TokenThroughput(window_size=2)], logger=logger)  # module.peak_flops unset: measured on CPU
-    monitor = next(c for c in trainer.callbacks if isinstance(c, TokenThroughput))
-    assert all(t.available_flops == monitor.available_flops > 0 for t in monitor._throughputs.values())
-    assert "train/device/mfu" in logger.logged
+def test_align_run_batch_count_sets_the_count_validation_follows():
+    """The run's batch count is what an integer val_check_interval counts in, and a restore still leaves it as
+    saved (the workaround is still needed: delete it when this stops holding)."""
+    class Ahead(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 0:  # one ahead, as after a restore from a periodic save
+                trainer.fit_loop.epoch_loop.batch_progress.total.ready += 1
+
+    class Align(Ahead):
+        def on_train_batch_start(self, trainer, *args):
+            super().on_train_batch_start(trainer, *args)
+            compat.align_run_batch_count(trainer)
+
+    ids = torch.randint(0, CONFIG.vocab_size, (24, CONFIG.block_size + 1), generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(ids[:, :-1], ids[:, 1:]), batch_size=4)
+    validated = {}
+    for callback in (Ahead(), Align()):
+        class Record(L.Callback):
+            def on_validation_start(self, trainer, *args):
+                validated.setdefault(type(callback).__name__, []).append(trainer.global_step)
+
+        trainer = L.Trainer(max_steps=6, val_check_interval=3, check_val_every_n_epoch=None, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[callback, Record()], num_sanity_val_steps=0, accelerator="cpu")
+        trainer.fit(GPT2LightningModule(CONFIG, warmup_steps=1), train_dataloaders=loader, val_dataloaders=loader)
+    assert validated == {"Ahead": [2, 5], "Align": [3, 6]}  # one ahead: a step early
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    progress.total.ready = progress.total.completed + 5
+    progress.reset_on_restart()
+    assert progress.total.ready == progress.total.completed + 5
 
 
 def test_progress_bar_due_follows_the_refresh_rate():

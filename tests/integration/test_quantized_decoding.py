@@ -9,11 +9,11 @@ import re
 import pytest
 import torch
 
+from gpt2_lightning.analysis.brief_training import builtin_token_split, heldout_quality, train_briefly
 from gpt2_lightning.checkpoints import save
 from gpt2_lightning.cli import main
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.generate import Sampling, generate
-from gpt2_lightning.measure import builtin_token_split, heldout_quality, train_briefly
 from gpt2_lightning.quantize import Int8Linear, quantize_weights
 from gpt2_lightning.tokenizer import get_tokenizer
 

@@ -10,7 +10,7 @@ from gpt2_lightning import cli
 from gpt2_lightning.cli import main
 from gpt2_lightning.config import GPTConfig
 
-COMMANDS = ["fit", "validate", "test", "predict", "prepare", "generate", "download", "convert", "analyze"]
+COMMANDS = ["fit", "validate", "test", "predict", "prepare", "generate", "download", "convert", "analyze", "evaluate"]
 
 
 def test_help_lists_every_command(capsys):

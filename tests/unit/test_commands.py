@@ -52,7 +52,7 @@ def test_a_mistyped_command_gets_a_suggestion(capsys):
 
 def test_the_table_lists_each_command_with_its_docstring_as_summary():
     assert list(COMMANDS) == ["fit", "validate", "test", "predict", "prepare", "generate", "download", "convert",
-                              "analyze"]
+                              "analyze", "evaluate"]
     assert COMMANDS["generate"].summary == "continue a prompt, printing the text as it is produced"
     assert cli.usage().count("\n    ") == len(COMMANDS)
 

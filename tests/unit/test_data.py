@@ -136,7 +136,7 @@ def test_offline_hub_dataset_says_what_to_pass_instead(tmp_path):
     [
         ({"source": "files", "paths": ["/nonexistent/*.txt"]}, "no files match"),
         ({"source": "files"}, "data.source=files needs data.paths"),
-        ({"source": "s3"}, "data.source must be 'builtin', 'files' or 'hf'"),
+        ({"source": "s3"}, "data.source must be one of 'moby-dick', 'builtin', 'files', 'hf'"),
         ({"val_size": 0}, "data.val_size must be > 0"),
     ],
 )

@@ -83,3 +83,46 @@ def test_another_corpus_prepared_data_under_this_corpus_name_is_refused(tmp_path
     shutil.copytree(theirs_path, mine_path)  # placed under my corpus's name
     with pytest.raises(DataError, match=r"holds prepared data of another corpus .*; delete .* and prepare again"):
         prepare(mine, tmp_path / "cache", num_proc=1)
+
+
+def test_a_shard_changed_in_place_is_named_when_the_cache_is_reused(tmp_path):
+    """Same size, one token changed: the size check passes, the hash at reuse does not."""
+    corpus = Corpus("files", [str(write_docs(tmp_path / "src", builtin_documents()[:4]))])
+    path = prepare(corpus, tmp_path / "cache", num_proc=1)
+    shard = path / json.loads((path / "manifest.json").read_text())["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    data[100:102] = (50256).to_bytes(2, "little") if data[100:102] != (50256).to_bytes(2, "little") else b"\0\0"
+    shard.write_bytes(bytes(data))
+    TokenCache(path)  # opening for a run checks sizes only
+    with pytest.raises(DataError, match=rf"{shard} is not what was prepared \(sha256 .*; delete .* and prepare again"):
+        prepare(corpus, tmp_path / "cache", num_proc=1)
+
+
+def test_a_replaced_document_index_is_named_when_the_cache_is_reused(prepared, tmp_path):
+    corpus = Corpus("files", [str(tmp_path / "src" / "corpus.jsonl")])
+    starts = np.load(prepared / "documents.npy")
+    np.save(prepared / "documents.npy", starts + (starts > 0))  # as many documents, other boundaries
+    with pytest.raises(DataError, match=r"documents\.npy is not what was prepared"):
+        prepare(corpus, tmp_path / "cache", num_proc=1)
+
+
+def test_manifest_counts_that_disagree_with_the_files_are_named(prepared):
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    (prepared / "manifest.json").write_text(json.dumps({**manifest, "tokens": manifest["tokens"] + 1}))
+    with pytest.raises(DataError, match=r"counts \d+ tokens, its shards hold [\d,]+: the prepared data is damaged"):
+        TokenCache(prepared)
+    (prepared / "manifest.json").write_text(json.dumps({**manifest, "documents": manifest["documents"] + 1}))
+    with pytest.raises(DataError, match=r"documents\.npy indexes 4 documents, the manifest counts 5"):
+        TokenCache(prepared).validation_start(0.1)
+
+
+def test_a_resumed_runs_prepared_data_is_not_replaced_when_its_source_changed(tmp_path):
+    """The resume would be refused (other data): refused before anything is tokenized, the prepared data kept."""
+    source = write_docs(tmp_path / "src", builtin_documents()[:4])
+    path = prepare(Corpus("files", [str(source)]), tmp_path / "cache", num_proc=1)
+    kept = {p.name: p.read_bytes() for p in path.iterdir()}
+    write_docs(tmp_path / "src", builtin_documents()[4:8])  # edited in place
+    with pytest.raises(DataError, match=r"1 source file\(s\) changed since the data this run trains on was prepared "
+                                        r".*resuming would train on other data. Restore them"):
+        prepare(Corpus("files", [str(source)]), tmp_path / "cache", num_proc=1, resuming=TokenCache(path).id)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == kept

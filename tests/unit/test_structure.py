@@ -8,7 +8,6 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[2] / "gpt2_lightning"
 CORE = {"config", "model", "attention", "rope", "lm_loss"}
 DATA = {"tokenizer", "corpus", "token_cache", "data"}
-ANALYSIS = {"analysis", "probes", "english", "experiment", "measure"}  # experiment code, moved out by its own issue
 
 
 def _name(path: Path) -> str:
@@ -78,7 +77,20 @@ def test_the_training_package_is_imported_by_no_core_data_or_checkpoint_module()
             assert not {m for m in imported if _top(m) == "train"}, f"{module} imports the training package"
 
 
-def test_the_library_never_imports_the_analysis_code():
+def test_the_library_never_imports_the_analysis_package():
+    """The one-way rule (issue 22): gpt2_lightning/analysis/ imports the library, no library module imports it."""
+    assert {"analysis", "analysis.run", "analysis.statistics", "analysis.probes"} <= GRAPH.keys()
+    assert "model" in GRAPH["analysis.probes"]  # the analysis does import the library
     for module, imported in GRAPH.items():
-        if module not in ANALYSIS and module != "cli":
-            assert not {_top(m) for m in imported} & ANALYSIS, f"{module} imports analysis code"
+        if _top(module) != "analysis" and module != "cli":
+            assert not {m for m in imported if _top(m) == "analysis"}, f"{module} imports the analysis package"
+
+
+def test_the_command_imports_the_analysis_only_inside_analyze():
+    """cli.py needs the analysis only for `analyze` (and its `analysis` extra only then): a lazy import there."""
+    tree = ast.parse(MODULES["cli"].read_text())
+    inside = {id(node) for function in ast.walk(tree) if isinstance(function, ast.FunctionDef)
+              and function.name == "analyze" for node in ast.walk(function)}
+    found = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             and (node.module or "").startswith("gpt2_lightning.analysis")]
+    assert found and all(id(node) in inside for node in found)

@@ -17,8 +17,10 @@ from gpt2_lightning.model import GPT
 from gpt2_lightning.rope import apply_rope, rope_frequencies, rope_tables
 
 N_LAYER, N_HEAD, WINDOW, VOCAB, BLOCK = 2, 4, 3, 61, 32
-COMBOS = list(itertools.product(["learned", "rope"], [None, 2, 1], [None, WINDOW]))  # pos × MHA/GQA/MQA × window
-COMBO_IDS = [f"{p}-kv{k or N_HEAD}-w{w or 'full'}" for p, k, w in COMBOS]
+HYBRID = [WINDOW, None]  # layer 0 local, layer 1 global: a 1:1 local:global model (Gemma 2's pattern)
+# pos × MHA/GQA/MQA × full / window / hybrid
+COMBOS = list(itertools.product(["learned", "rope"], [None, 2, 1], [None, WINDOW, HYBRID]))
+COMBO_IDS = [f"{p}-kv{k or N_HEAD}-w{'hybrid' if isinstance(w, list) else w or 'full'}" for p, k, w in COMBOS]
 
 
 def variant(pos_encoding="learned", n_kv_head=None, sliding_window=None, seed=0, scale=1.0, **overrides):
@@ -220,6 +222,103 @@ def test_chunked_prefill_into_the_cache_equals_full_forward(pos, kv, w):
     assert cache.pos == 30
 
 
+@pytest.mark.parametrize("kv", [None, 2, 1])
+@pytest.mark.parametrize("w", [None, WINDOW, HYBRID, [WINDOW, 2 * WINDOW]], ids=["full", "window", "hybrid", "growing"])
+def test_kv_cache_bytes_formula_equals_the_allocated_cache(kv, w):
+    model = variant("rope", kv, w)
+    for context in (1, WINDOW, 1000):
+        assert model.config.kv_cache_bytes(context, 3, bytes_per_value=4) == KVCache.for_model(model, 3, context).nbytes
+    full = variant("rope", kv).config.kv_cache_bytes(32_768)
+    if w == HYBRID:  # one of two layers global: half of full attention's, plus the local layer's w slots
+        assert model.config.kv_cache_bytes(32_768) == full // 2 + full // 2 * WINDOW // 32_768
+
+
+def test_each_layer_reaches_exactly_its_own_window():
+    """Windows growing with depth, (3, 6): the last logits see (3 - 1) + (6 - 1) + 1 = 8 tokens; with the second
+    layer global (a hybrid) they see the whole sequence."""
+    x = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(0))
+    for windows, field in (([WINDOW, 2 * WINDOW], (WINDOW - 1) + (2 * WINDOW - 1) + 1), (HYBRID, 24)):
+        model = variant("rope", 2, windows)
+        last = logits(model, x)[0, -1]
+        if field < 24:
+            outside = x.clone()
+            outside[0, : 24 - field] = torch.randint(0, VOCAB, (24 - field,))
+            torch.testing.assert_close(logits(model, outside)[0, -1], last, atol=1e-5, rtol=0)
+        inside = x.clone()
+        inside[0, 24 - field] = (inside[0, 24 - field] + 1) % VOCAB
+        assert (logits(model, inside)[0, -1] - last).abs().max() > 1e-4
+
+
+def test_local_layers_rotate_at_their_own_rope_base():
+    """rope_theta_local applies to the windowed layers only: equal to rope_theta it changes nothing; otherwise the
+    local layer's scores are those of its base, and scores still depend only on relative positions."""
+    same = variant("rope", None, HYBRID, rope_theta_local=10000.0)
+    x = torch.randint(0, VOCAB, (1, 20))
+    torch.testing.assert_close(logits(same, x), logits(variant("rope", None, HYBRID), x), atol=0, rtol=0)
+    local = variant("rope", None, HYBRID, rope_theta_local=100.0)
+    assert (logits(local, x) - logits(same, x)).abs().max() > 1e-4
+    assert torch.equal(local.rope_inv_freq_local, rope_frequencies(local.config.head_dim, 100.0))
+    everywhere = variant("rope", None, [WINDOW, WINDOW], rope_theta=100.0)  # both layers local, base 100
+    local_only = variant("rope", None, [WINDOW, WINDOW], rope_theta_local=100.0)
+    torch.testing.assert_close(logits(local_only, x), logits(everywhere, x), atol=1e-6, rtol=0)
+
+
+# ---- RoPE past its training length ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scaling", ["linear", "ntk"])
+def test_rope_scaling_at_factor_1_is_exactly_rope(scaling):
+    assert torch.equal(rope_frequencies(16, 500.0, scaling=scaling, factor=1.0), rope_frequencies(16, 500.0))
+    model, x = variant("rope", 2, HYBRID), torch.randint(0, VOCAB, (1, 40))
+    before = logits(model, x)
+    model.scale_rope(scaling, 1.0)
+    assert torch.equal(logits(model, x), before)
+
+
+def test_position_interpolation_reads_position_m_as_m_over_s():
+    """Chen et al. 2023, eq. (2): f'(x, m) = f(x, m·L/L') — the tables at m of the scaled model are RoPE's at m / s."""
+    positions = torch.arange(0, 64)
+    for factor in (2.0, 4.0, 3.5):
+        scaled = rope_tables(rope_frequencies(16, 10000.0, scaling="linear", factor=factor), positions)
+        plain = rope_tables(rope_frequencies(16, 10000.0), positions / factor)
+        for a, b in zip(scaled, plain):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # float32 angles up to 63 rad
+
+
+def test_ntk_aware_scaling_keeps_the_highest_frequency_and_interpolates_the_lowest():
+    """bloc97's NTK-aware rule: base' = base · s^(d/(d-2)), so θ'_i = θ_i · s^(-2i/(d-2)): θ_0 is kept and the
+    lowest frequency is divided by exactly s."""
+    d, base, factor = 16, 10000.0, 4.0
+    scaled, plain = rope_frequencies(d, base, scaling="ntk", factor=factor), rope_frequencies(d, base)
+    assert scaled[0] == plain[0] == 1.0
+    torch.testing.assert_close(scaled[-1], plain[-1] / factor, atol=0, rtol=1e-5)
+    i = torch.arange(d // 2, dtype=torch.float64)
+    torch.testing.assert_close(scaled.double(), (base * factor ** (d / (d - 2))) ** (-2 * i / d), atol=0, rtol=1e-6)
+
+
+def test_a_scaled_rope_model_keeps_relative_positions_and_saves_its_setting(tmp_path):
+    model, x = variant("rope", 2, None), torch.randint(0, VOCAB, (1, 12))
+    model.scale_rope("ntk", 4.0)
+    shifted = torch.cat([torch.randint(0, VOCAB, (1, 9)), x], dim=1)
+    tail = logits(model, shifted)[0, -1]
+    window = variant("rope", 2, 6)  # the last logits reach 2 · 5 + 1 = 11 tokens back: what came before cannot matter
+    window.load_state_dict(model.state_dict())
+    window.scale_rope("ntk", 4.0)
+    torch.testing.assert_close(logits(window, shifted)[0, -1], logits(window, x)[0, -1], atol=1e-5, rtol=1e-5)
+    assert (tail - logits(variant("rope", 2, None), shifted)[0, -1]).abs().max() > 1e-4  # the scaling changed it
+    save(model, tmp_path / "scaled")
+    again = load(tmp_path / "scaled")
+    assert (again.config.rope_scaling, again.config.rope_scaling_factor) == ("ntk", 4.0)
+    torch.testing.assert_close(logits(again, shifted), logits(model, shifted), atol=1e-6, rtol=0)
+
+
+def test_rope_scaling_on_learned_positions_is_refused_in_one_line(hf_checkpoint):
+    _, directory = hf_checkpoint()
+    with pytest.raises(SystemExit, match=r"generate: error: --rope_scaling ntk: .*apply to rotary positions"):
+        main(["generate", "--checkpoint", str(directory), "--rope_scaling", "ntk", "--rope_scaling_factor", "2",
+              "--max_new_tokens", "2", "--device", "cpu"])
+
+
 def test_cache_bytes_gqa_fraction_and_rolling_bound():
     sizes = {kv: KVCache.for_model(variant("rope", kv), 1, 1000).nbytes for kv in (None, 2, 1)}
     assert sizes[2] * 2 == sizes[None] and sizes[1] * 4 == sizes[None]
@@ -339,8 +438,15 @@ def test_own_format_refuses_unknown_fields(tmp_path):
     [
         ({"n_kv_head": 3}, r"GPTConfig.n_kv_head \(3\) must divide n_head \(4\)"),
         ({"n_kv_head": 0}, "GPTConfig.n_kv_head must be None .* or a positive integer, got 0"),
-        ({"sliding_window": 0}, "GPTConfig.sliding_window must be None .* or an integer >= 1, got 0"),
-        ({"sliding_window": -4}, "GPTConfig.sliding_window must be None .* or an integer >= 1, got -4"),
+        ({"sliding_window": 0}, "GPTConfig.sliding_window must be None .*, an integer >= 1 or a list .*, got 0"),
+        ({"sliding_window": -4}, "GPTConfig.sliding_window must be None .*, an integer >= 1 or a list .*, got -4"),
+        ({"sliding_window": [4, 0]}, r"a list needs 1 to n_layer=1 entries .*, got 2"),
+        ({"n_layer": 2, "sliding_window": [4, 0]}, r"an integer >= 1 or a list of them per layer, got \[4, 0\]"),
+        ({"sliding_window": []}, r"a list needs 1 to n_layer=1 entries"),
+        ({"rope_scaling": "yarn"}, "GPTConfig.rope_scaling must be None, 'linear' or 'ntk', got 'yarn'"),
+        ({"pos_encoding": "rope", "rope_scaling": "ntk", "rope_scaling_factor": 0.5}, "must be a number >= 1"),
+        ({"rope_scaling": "linear", "rope_scaling_factor": 2.0}, "apply to rotary positions"),
+        ({"pos_encoding": "rope", "rope_theta_local": -1.0}, "rope_theta_local must be None or > 0"),
         ({"pos_encoding": "alibi"}, "GPTConfig.pos_encoding must be 'learned' or 'rope', got 'alibi'"),
         ({"pos_encoding": "rope", "n_embd": 36, "n_head": 4}, r"pos_encoding='rope' needs an even head size .* got 9"),
         ({"pos_encoding": "rope", "rope_theta": 0.0}, "GPTConfig.rope_theta must be > 0"),

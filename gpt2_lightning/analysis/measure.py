@@ -1,7 +1,9 @@
-"""Timing and memory measurements shared by `benchmarks/` and `gpt2-lightning analyze`.
+"""Timing and memory: how long a call takes, how far it raises resident memory, one attention forward measured in a
+fresh process, and batch-1 decode speed. The analysis's speed section measures with these, and so do
+`benchmarks/bench_attention.py` and `benchmarks/bench_model.py` (one implementation of each measurement).
 
-`python -m gpt2_lightning.measure T KIND` measures one attention forward in a fresh process and prints JSON,
-so that its peak RSS is its own.
+`python -m gpt2_lightning.analysis.measure T KIND [THREADS]` measures one attention forward in a fresh process
+and prints JSON, so that its peak RSS is its own.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +27,7 @@ ATTENTION_KINDS = ["full causal", "window 256", "window 1024", "window 256, dens
 N_HEAD, HEAD_DIM = 12, 64  # GPT-2 small's heads
 
 
-def median_ms(fn, repeats: int = 3) -> float:
+def median_ms(fn: Callable[[], object], repeats: int = 3) -> float:
     """Median wall time of `fn` in milliseconds, after one warm-up call."""
     fn()
     times = []
@@ -52,7 +55,7 @@ def _peak_rss_mb() -> float:
     return int(line.split()[1]) / 1024
 
 
-def peak_rss_rise_mb(fn) -> float:
+def peak_rss_rise_mb(fn: Callable[[], object]) -> float:
     """How far this process's resident memory peaked above its level at the call while `fn()` ran, in MB."""
     _reset_peak_rss()
     before = _rss_mb()
@@ -83,7 +86,7 @@ def attention_point_here(T: int, kind: str) -> dict:
 def attention_point(T: int, kind: str, threads: int = 2) -> dict:
     """`attention_point_here` in a fresh subprocess."""
     done = subprocess.run(
-        [sys.executable, "-m", "gpt2_lightning.measure", str(T), kind, str(threads)],
+        [sys.executable, "-m", "gpt2_lightning.analysis.measure", str(T), kind, str(threads)],
         capture_output=True, text=True, check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -96,8 +99,9 @@ def decode_tokens_per_sec(model: GPT, context: int, new_tokens: int = 16) -> tup
     spares a long prefill.
     """
     cache = KVCache.for_model(model, 1, context + new_tokens + 1)
-    cache.k.normal_(), cache.v.normal_()
-    token = torch.zeros(1, 1, dtype=torch.long, device=cache.k.device)
+    for layer in (*cache.k, *cache.v):  # (B, nkv, slots, hs) per layer
+        layer.normal_()
+    token = torch.zeros(1, 1, dtype=torch.long, device=cache.k[0].device)
     with torch.inference_mode():
         cache.pos = context
         model(token, cache)  # warm-up
@@ -106,42 +110,6 @@ def decode_tokens_per_sec(model: GPT, context: int, new_tokens: int = 16) -> tup
             model(token, cache)
         elapsed = time.perf_counter() - start
     return new_tokens / elapsed, cache.nbytes
-
-
-def builtin_token_split(heldout_fraction: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
-    """The builtin corpus as GPT-2 token ids: (training tokens, the held-out tail)."""
-    from gpt2_lightning.corpus import builtin_documents
-    from gpt2_lightning.tokenizer import get_tokenizer
-
-    ids = torch.tensor(get_tokenizer().encode_ordinary("\n\n".join(builtin_documents())))
-    cut = int(len(ids) * (1 - heldout_fraction))
-    return ids[:cut], ids[cut:]
-
-
-def train_briefly(config, tokens: torch.Tensor, steps: int, batch_size: int = 8, seed: int = 0) -> GPT:
-    """A GPT of `config` trained for `steps` AdamW steps on random windows of `tokens`: weights with the structure
-    of a trained model (peaked logits), for measuring what quantization changes. Returned in eval mode."""
-    torch.manual_seed(seed)
-    model = GPT(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    T = config.block_size
-    for _ in range(steps):
-        starts = torch.randint(0, len(tokens) - T - 1, (batch_size,))
-        window = torch.stack([tokens[s : s + T + 1] for s in starts.tolist()])  # (B, T + 1)
-        model.loss(window[:, :-1], window[:, 1:]).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return model.eval()
-
-
-@torch.inference_mode()
-def heldout_quality(model: GPT, tokens: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """(mean next-token loss, (N,) greedy predictions) over `tokens` cut into block_size windows."""
-    T = model.config.block_size
-    n = (len(tokens) - 1) // T
-    x, y = tokens[: n * T].view(n, T), tokens[1 : n * T + 1].view(n, T)
-    logits = model(x).float()  # (n, T, V)
-    return F.cross_entropy(logits.flatten(0, 1), y.flatten()).item(), logits.argmax(-1).flatten()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ the ability the task is about:
   task is the same at any total length — what length generalisation asks of position encodings.
 
 Models are trained through `GPT2LightningModule` and a Lightning `Trainer`, as `fit` trains them
-(`gpt2_lightning.experiment.train_quietly`).
+(`gpt2_lightning.analysis.experiment.train_quietly`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from gpt2_lightning.analysis.experiment import train_quietly
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.errors import UsageError
-from gpt2_lightning.experiment import train_quietly
 from gpt2_lightning.lm_loss import IGNORE_INDEX
 from gpt2_lightning.model import GPT
 from gpt2_lightning.train.module import GPT2LightningModule

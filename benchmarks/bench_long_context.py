@@ -1,0 +1,89 @@
+"""What a local:global hybrid costs and saves at long context, against full attention and a uniform window.
+
+Sections (both by default):
+  decode  decode time per token and KV-cache bytes at context 1k / 4k / 8k, batch 1, the 124M shape (RoPE, so
+          contexts past 1024 exist), float32: full attention, window 256 on every layer, and the 3 local : 1 global
+          hybrid (window 256, every fourth layer global).
+  train   a training step (forward + backward, batch 1) at T = 1k / 4k / 8k, 4 layers × 256 wide (4 heads of 64):
+          the same three attention patterns.
+
+Ratios are against full attention measured in the same run. Usage:
+    python benchmarks/bench_long_context.py [--sections decode train] [--threads 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from gpt2_lightning.analysis.measure import decode_tokens_per_sec, median_ms
+from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.model import GPT
+
+PATTERNS = {"full attention": None, "window 256": 256, "hybrid 3:1, w 256": [256, 256, 256, None]}
+CONTEXTS = [1024, 4096, 8192]
+
+
+def decode_section(repeats: int) -> None:
+    print("\n## Decode, 124M shape (RoPE, fp32), batch 1: ms per token (median of repeats) | KV cache MB")
+    print("| pattern | " + " | ".join(f"context {c}" for c in CONTEXTS) + " | time vs full at 8k |")
+    print("|---|" + "---:|" * (len(CONTEXTS) + 1))
+    full = {}
+    for name, window in PATTERNS.items():
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(pos_encoding="rope", sliding_window=window)).eval()
+        cells = []
+        for context in CONTEXTS:
+            times, nbytes = [], 0
+            for _ in range(repeats):
+                rate, nbytes = decode_tokens_per_sec(model, context)
+                times.append(1000 / rate)
+            ms = statistics.median(times)
+            if window is None:
+                full[context] = ms
+            cells.append(f"{ms:.1f} ms, {nbytes / 2**20:,.0f} MB")
+        print(f"| {name} | " + " | ".join(cells) + f" | {ms / full[CONTEXTS[-1]]:.2f}× |")
+
+
+def train_section(repeats: int) -> None:
+    print("\n## Training step (forward + backward), 4 layers × 256 (4 heads of 64), batch 1: median ms")
+    print("| pattern | " + " | ".join(f"T = {c}" for c in CONTEXTS) + " |")
+    print("|---|" + "---:|" * len(CONTEXTS))
+    full = {}
+    for name, window in PATTERNS.items():
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=512, block_size=max(CONTEXTS), n_layer=4, n_head=4, n_embd=256,
+                              pos_encoding="rope", sliding_window=window))
+        cells = []
+        for T in CONTEXTS:
+            ids = torch.randint(0, 512, (1, T))
+
+            def step() -> None:
+                model.zero_grad(set_to_none=True)
+                model.loss(ids, ids).backward()
+
+            ms = median_ms(step, repeats)
+            if window is None:
+                full[T] = ms
+            cells.append(f"{ms:,.0f} ms ({ms / full[T]:.2f}×)")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", nargs="+", default=["decode", "train"], choices=["decode", "train"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads")
+    if "decode" in args.sections:
+        decode_section(args.repeats)
+    if "train" in args.sections:
+        train_section(args.repeats)
+
+
+if __name__ == "__main__":
+    main()

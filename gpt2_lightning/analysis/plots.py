@@ -44,8 +44,9 @@ def attention_scaling(points: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def recall_probe(budget: Budget, found: dict[str, list[dict]], path: Path) -> None:
-    """Recall accuracy against pairs (mean ± sd over seeds) and against key–query distance at the most pairs."""
+def recall_probe(budget: Budget, found: dict[str, list[dict]], baselines: dict[str, dict], path: Path) -> None:
+    """Recall accuracy against pairs (mean ± sd over seeds) and against key–query distance at the most pairs, with
+    what models that look up nothing score (`recall.no_lookup_baselines`) drawn as dotted lines."""
     plt = _pyplot()
     pairs, edges = recall.TASK.train_pairs, recall.EDGES
     fig, (ax_p, ax_d) = plt.subplots(1, 2, figsize=(10, 4))
@@ -57,10 +58,14 @@ def recall_probe(budget: Budget, found: dict[str, list[dict]], path: Path) -> No
         mids = [(edges[b] + edges[b + 1]) / 2 for b in range(len(edges) - 1)]
         ax_d.plot(mids, [statistics.mean(r["by_distance"][str(b)] for r in per_seed) for b in range(len(mids))],
                   marker="o", label=name)
-    chance = 1 / recall.TASK.n_values
+    mids = [(edges[b] + edges[b + 1]) / 2 for b in range(len(edges) - 1)]
+    for (name, baseline), color in zip(baselines.items(), ("grey", "black")):
+        ax_p.plot(pairs, [baseline["by_pairs"][str(p)] for p in pairs], color=color, linestyle=":",
+                  label=f"no lookup: {name}")
+        ax_d.plot(mids, [baseline["by_distance"][str(b)] for b in range(len(mids))], color=color, linestyle=":",
+                  label=f"no lookup: {name}")
     for ax, label in ((ax_p, "key–value pairs"), (ax_d, f"key–query distance ({recall.MOST} pairs)")):
-        ax.axhline(chance, color="grey", linestyle=":", label="chance"), ax.set_xlabel(label)
-        ax.set_ylabel("recall accuracy"), ax.grid(alpha=0.3)
+        ax.set_xlabel(label), ax.set_ylabel("recall accuracy"), ax.grid(alpha=0.3)
     ax_p.legend()
     fig.suptitle(f"Associative recall, {PROBE.n_layer} layers × {PROBE.n_embd}, {PROBE.n_head} query heads, RoPE; "
                  f"{len(budget.probe_seeds)} seeds")

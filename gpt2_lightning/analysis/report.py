@@ -10,7 +10,16 @@ from importlib.resources import files
 from gpt2_lightning.analysis.budgets import Budget
 from gpt2_lightning.analysis.lm_runs import LM_VARIANTS
 from gpt2_lightning.analysis.probe_runs import LEARNED, PROBE, PROBE_WINDOW
-from gpt2_lightning.analysis.sections import context, copying, extrapolation, lm_quality, passkey, recall, uptraining
+from gpt2_lightning.analysis.sections import (
+    context,
+    copying,
+    extrapolation,
+    lm_quality,
+    passkey,
+    recall,
+    size,
+    uptraining,
+)
 from gpt2_lightning.analysis.sections.speed import ATTENTION_KINDS, window_speedup
 from gpt2_lightning.analysis.statistics import Comparison, format_p, mean_sd, number
 
@@ -54,6 +63,15 @@ def _size(rows: list[dict], size_held: bool) -> dict:
     return {"size_table": table(header, cells), "size_verdict": held(size_held)}
 
 
+def _kv_memory(rows: list[dict]) -> dict:
+    """The KV-cache table: GiB per context × batch, and whether the formula matched an allocated cache."""
+    points = [(t, b) for t in size.KV_CONTEXTS for b in size.KV_BATCHES]
+    cells = [[r["name"]] + [f"{r['gib'][f'{t}x{b}']:,.2f}" for t, b in points]
+             + ["yes" if r["formula_equals_allocated"] else "NO"] for r in rows]
+    header = ["variant (124M, bf16), GiB"] + [f"{t // 1024}k × batch {b}" for t, b in points] + ["formula = allocated"]
+    return {"kv_memory_table": table(header, cells)}
+
+
 def _speed(points: dict, decode: dict) -> dict:
     longest, speedup = window_speedup(points)
     rows = [[T] + [f"{points[T][k]['ms']:.1f} ms / {points[T][k]['peak_mb']:.0f} MB" for k in ATTENTION_KINDS]
@@ -67,9 +85,10 @@ def _speed(points: dict, decode: dict) -> dict:
                                   decode_rows)}
 
 
-def _recall(budget: Budget, found: dict, judged: dict) -> dict:
+def _recall(budget: Budget, found: dict, judged: dict, baselines: dict) -> dict:
     buckets = range(len(recall.EDGES) - 1)
-    rows = []
+    rows = [[f"no lookup: {name}"] + [number(b["by_pairs"][str(p)], 3) for p in recall.TASK.train_pairs]
+            + [number(b["by_distance"][str(k)], 3) for k in buckets] + ["—", "—"] for name, b in baselines.items()]
     for name, per_seed in found.items():
         row = [name] + [mean_sd([r["by_pairs"][str(p)] for r in per_seed]) for p in recall.TASK.train_pairs]
         row += [mean_sd([r["by_distance"][str(b)] for r in per_seed]) for b in buckets]
@@ -82,8 +101,10 @@ def _recall(budget: Budget, found: dict, judged: dict) -> dict:
               + [f"distance {recall.EDGES[b]}–{recall.EDGES[b + 1] - 1}" for b in buckets]
               + [f"vs MHA at {recall.MOST} pairs: Δ [95% CI], Holm p", "MDE"])
     cost = judged["cost"]
-    result = (f"at {recall.MOST} pairs MHA recalled {mean_sd(judged['at_most']['MHA'])} (chance "
-              f"{1 / recall.TASK.n_values:.3f}); "
+    floor = baselines["value elimination"]["by_pairs"][str(recall.MOST)]
+    result = (f"at {recall.MOST} pairs MHA recalled {mean_sd(judged['at_most']['MHA'])}, against {floor:.3f} for a "
+              "model that looks nothing up and answers with a stored value not yet given (computed from the probe's "
+              "sampler; 1/64 'chance' is the wrong reference); "
               + ("sharing key/value heads first cost recall significantly at " + cost if cost else
                  "no shared-head variant was significantly below MHA")
               + f"; the means {'do' if judged['monotone'] else 'do not'} fall monotonically from MHA to MQA")
@@ -268,8 +289,9 @@ def render(budget: Budget, found: dict, judged: dict, header: dict) -> str:
         "probe_batch": PROBE.batch_size, "probe_lr": PROBE.learning_rate, "probe_window": PROBE_WINDOW,
         "reach": passkey.REACH,
         **_size(found["size"], judged["size"]),
+        **_kv_memory(found["kv_memory"]),
         **_speed(found["attention"], found["decode"]),
-        **_recall(budget, found["recall"], judged["recall"]),
+        **_recall(budget, found["recall"], judged["recall"], found["recall_baselines"]),
         **_passkey(budget, found["passkey"], judged["passkey"]),
         **_copying(budget, found["copy"], judged["copy"], judged["lengths"]),
         **_lm(budget, found["lm"], judged["lm"]),

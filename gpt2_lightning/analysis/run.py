@@ -61,12 +61,13 @@ def analyze(budget_name: str = "small", out: str | os.PathLike = "docs",
 
     found["size"] = size.measure()
     judged["size"] = size.judge(found["size"])
+    found["kv_memory"] = size.kv_memory()
     found["attention"], found["decode"] = speed.attention_scaling(budget), speed.decode_speed(budget)
     plots.attention_scaling(found["attention"], img / "attention_scaling.png")
 
-    found["recall"] = recall.measure(budget, cache)
+    found["recall"], found["recall_baselines"] = recall.measure(budget, cache), recall.no_lookup_baselines()
     judged["recall"] = recall.judge(found["recall"])
-    plots.recall_probe(budget, found["recall"], img / "probe_recall.png")
+    plots.recall_probe(budget, found["recall"], found["recall_baselines"], img / "probe_recall.png")
     found["passkey"] = passkey.measure(budget, cache)
     judged["passkey"] = passkey.judge(budget, found["passkey"])
     plots.passkey_probe(budget, judged["passkey"], img / "probe_passkey.png")

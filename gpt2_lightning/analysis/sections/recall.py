@@ -19,6 +19,39 @@ MOST = max(TASK.train_pairs)
 EDGES = [0, MOST, 2 * MOST, 3 * MOST, 4 * MOST]  # key–query distance buckets at the most pairs
 
 
+def no_lookup_baselines(samples: int = 2048, seed: int = 0) -> dict[str, dict]:
+    """What a model that looks up nothing scores, from the probe's own sampler (review of the analysis, item 1):
+
+    - "seen value": each query answered with a value drawn uniformly from the distinct values in the sequence;
+    - "value elimination": drawn from those not yet given as an answer to an earlier query (the answers are in the
+      input), so its accuracy rises with later queries — which sit closer to their keys on average.
+
+    Expected accuracies, {"by_pairs": {pairs: acc}, "by_distance": {bucket: acc at the most pairs}} each, computed
+    exactly per query (1 / candidates when the true value is a candidate) and averaged over `samples` sequences.
+    """
+    generator, found = torch.Generator().manual_seed(seed), {}
+    for name in ("seen value", "value elimination"):
+        found[name] = {"by_pairs": {}, "by_distance": {}}
+    for pairs in TASK.train_pairs:
+        inputs, targets, distances = TASK.sample(samples, generator, pairs)
+        values = inputs[:, 0 : 2 * pairs : 2]  # (n, pairs) the stored values
+        answers = targets[:, 2 * pairs :: 2]  # (n, pairs) each query's value, in query order
+        left = torch.zeros(samples, TASK.vocab_size).scatter_add_(1, values, torch.ones(samples, pairs))  # counts
+        seen = (1 / (left > 0).sum(1, keepdim=True)).expand(samples, pairs)  # the true value is always present
+        eliminated = torch.empty(samples, pairs)
+        for q in range(pairs):  # a value stored twice stays a candidate until given twice
+            candidates = left > 0
+            eliminated[:, q] = candidates.gather(1, answers[:, q : q + 1]).squeeze(1) / candidates.sum(1)
+            left.scatter_add_(1, answers[:, q : q + 1], -torch.ones(samples, 1))
+        for name, acc in (("seen value", seen), ("value elimination", eliminated)):
+            found[name]["by_pairs"][str(pairs)] = acc.mean().item()
+            if pairs == MOST:
+                bucket = torch.bucketize(distances.flatten(), torch.tensor(EDGES[1:-1]), right=True)
+                found[name]["by_distance"] = {str(b): acc.flatten()[bucket == b].mean().item()
+                                              for b in range(len(EDGES) - 1)}
+    return found
+
+
 def _run(budget: Budget, kv: int | None, seed: int) -> dict:
     model = train_probe(TASK, PROBE.config(TASK, pos_encoding="rope", n_kv_head=kv), PROBE, budget.recall_steps, seed)
     generator, by_pairs, by_distance = eval_generator(seed), {}, {}

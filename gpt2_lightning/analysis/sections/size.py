@@ -43,6 +43,33 @@ def measure() -> list[dict]:
     return rows
 
 
+KV_CONTEXTS = (8192, 32768, 131072)
+KV_BATCHES = (1, 32)
+KV_VARIANTS = {  # the 124M shape's KV cache: heads and windows, hybrids included
+    "MHA": {}, "GQA-4": {"n_kv_head": 4}, "GQA-2": {"n_kv_head": 2}, "MQA": {"n_kv_head": 1},
+    "window 1024": {"sliding_window": 1024},
+    "hybrid 3:1, w 1024": {"sliding_window": [1024, 1024, 1024, None]},
+    "hybrid 5:1, w 1024": {"sliding_window": [1024] * 5 + [None]},
+    "GQA-4 + hybrid 3:1": {"n_kv_head": 4, "sliding_window": [1024, 1024, 1024, None]},
+}
+
+
+def kv_memory(checked_context: int = 1500) -> list[dict]:
+    """KV-cache GiB of each variant at KV_CONTEXTS × KV_BATCHES in bf16, by `GPTConfig.kv_cache_bytes`, and whether
+    that formula equals the bytes a real `KVCache` allocates (checked at `checked_context`, batch 1, float32)."""
+    from gpt2_lightning.generate import KVCache
+
+    rows = []
+    for name, fields in KV_VARIANTS.items():
+        config = GPTConfig(pos_encoding="rope", **fields)
+        allocated = KVCache(config.n_layer, 1, config.kv_heads, config.head_dim, checked_context,
+                            config.layer_windows, "cpu", torch.float32).nbytes
+        gib = {f"{t}x{b}": config.kv_cache_bytes(t, b) / 2**30 for t in KV_CONTEXTS for b in KV_BATCHES}
+        rows.append({"name": name, "gib": gib,
+                     "formula_equals_allocated": allocated == config.kv_cache_bytes(checked_context, 1, 4)})
+    return rows
+
+
 def judge(rows: list[dict]) -> bool:
     """Whether every count matches what each mechanism should remove, derived independently: GQA drops
     2·L·(C+1)·(C − n_kv·head_dim) key/value weights and biases, RoPE the T_max·C position table, and a window's

@@ -209,21 +209,25 @@ def cpu_key() -> str:
     return f"{model} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
-def cpu_peak_flops(path: Path | None = None) -> tuple[float, str]:
+def cpu_peak_flops(path: Path | None = None, remeasure: bool = False) -> tuple[float, str]:
     """(peak FLOP/s, where it came from) of this CPU: its fp32 matmul rate, measured once per `cpu_key` and kept in a
     JSON file, so every run on this machine divides by the same number (measured at each fit, it varied 11× over 12
-    runs on a shared machine). A damaged file is measured again and rewritten; one that cannot be written is said."""
+    runs on a shared machine). A damaged file is measured again and rewritten; one that cannot be written is said.
+    `remeasure`: measure again and keep the higher of the two rates — a rate measured while other work loaded the
+    machine is too low, and a run that then reaches MFU > 1 has shown it (`TokenThroughput`)."""
     path = path or peak_cache_file()
-    key, entries = cpu_key(), {}
+    key, entries, before = cpu_key(), {}, 0.0
     try:
         loaded = json.loads(path.read_text())
         entries = loaded if isinstance(loaded, dict) else {}
         flops, measured = float(entries[key]["flops"]), entries[key]["measured"]
         if math.isfinite(flops) and flops > 0:
-            return flops, f"this CPU's fp32 matmul rate, measured {measured}, cached in {path}"
+            if not remeasure:
+                return flops, f"this CPU's fp32 matmul rate, measured {measured}, cached in {path}"
+            before = flops
     except (OSError, ValueError, KeyError, TypeError):  # none yet, damaged, or not this machine's: measure below
         pass
-    peak = measure_cpu_peak_flops()
+    peak = max(measure_cpu_peak_flops(), before)
     entries[key] = {"flops": peak, "measured": time.strftime("%Y-%m-%d")}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,6 +273,7 @@ class TokenThroughput(L.Callback):
     def __init__(self, window_size: int = 10) -> None:
         self.window_size = window_size
         self.peak: float | None = None
+        self._cached_cpu_peak = False  # the peak came from the CPU cache, which a run may find too low
         self._throughput: Throughput | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -276,7 +281,7 @@ class TokenThroughput(L.Callback):
             return
         # rank 0 decides (reading or writing the cache once), every rank divides by the same number
         peak, source = trainer.strategy.broadcast(peak_flops(trainer, pl_module) if trainer.is_global_zero else None)
-        self.peak = peak
+        self.peak, self._cached_cpu_peak = peak, "cached in" in source
         if trainer.is_global_zero:
             if peak:
                 print(f"MFU is measured against {peak / 1e12:.3g} TFLOP/s per device ({source}; set model.peak_flops "
@@ -304,7 +309,30 @@ class TokenThroughput(L.Callback):
         if rate is not None:
             pl_module.log("train/tokens_per_sec", rate * trainer.world_size)
         if "device/mfu" in metrics:
+            if metrics["device/mfu"] > 1 and self._cached_cpu_peak:
+                self._remeasure_peak(trainer, metrics["device/mfu"])
+                return
             pl_module.log("train/mfu", metrics["device/mfu"])
+
+    def _remeasure_peak(self, trainer: L.Trainer, mfu: float) -> None:
+        """MFU above 1 means the cached CPU peak was measured on a busy machine: one process measures again (now,
+        between steps) and keeps the higher rate; with several ranks, a measurement would need them all, so MFU is
+        dropped for this run and the fix said."""
+        self._cached_cpu_peak = False  # once per run
+        if trainer.world_size > 1:
+            self._throughput.available_flops = None
+            if trainer.is_global_zero:
+                print(f"MFU {mfu:.2f} > 1: the cached CPU peak ({self.peak / 1e9:.0f} GFLOP/s) was measured on a busy "
+                      f"machine; MFU is not logged for this run. Delete {peak_cache_file()} on an idle machine, or set "
+                      "model.peak_flops", flush=True)
+            return
+        old, started = self.peak, time.perf_counter()
+        self.peak, source = cpu_peak_flops(remeasure=True)
+        self._throughput = Throughput(available_flops=self.peak, world_size=trainer.world_size,
+                                      window_size=self.window_size)
+        self._start += time.perf_counter() - started  # the measurement is not training time
+        print(f"MFU {mfu:.2f} > 1: the cached CPU peak ({old / 1e9:.0f} GFLOP/s) was measured on a busy machine; "
+              f"measured again: {self.peak / 1e9:.0f} GFLOP/s ({source})", flush=True)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._validation_start = time.perf_counter()

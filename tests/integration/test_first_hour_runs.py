@@ -1,11 +1,13 @@
 """The end of a first run (issue 20, items 5, 7 and 11): a sample in whole characters, a summary that says where
 everything is and what to run next, one CPU peak for every run on a machine, and a progress bar that ends cleanly."""
 
+import json
 import re
 
 import lightning as L
 import torch
 from helpers import fit
+from helpers import logged_scalars as scalars
 from torch.utils.data import DataLoader, TensorDataset
 
 from gpt2_lightning.cli import main
@@ -64,3 +66,19 @@ def test_progress_bar_shows_tokens_per_second_and_closes_at_the_last_step(tmp_pa
     assert [(step, closed) for step, closed, _ in seen] == [(1, False), (2, False), (3, False), (4, True)]
     assert seen[0][2] is None and all(re.fullmatch(r"[\d,]+", rate) for _, _, rate in seen[1:])
     assert "rate" not in StepProgressBar.BAR_FORMAT  # tqdm's rate counts batches (it/s): tokens/s is in the postfix
+
+
+def test_a_cached_cpu_peak_too_low_for_the_run_is_measured_again(tmp_path, monkeypatch, capsys):
+    """A peak cached while other work loaded the machine (here 1 MFLOP/s) gives MFU > 1: measured again once, the
+    higher rate kept in the cache, and no MFU above 1 logged."""
+    cache = tmp_path / "peak.json"
+    monkeypatch.setenv("GPT2_LIGHTNING_PEAK_CACHE", str(cache))
+    cache.write_text(json.dumps({callbacks.cpu_key(): {"flops": 1e6, "measured": "2026-12-01"}}))
+    monkeypatch.setattr(callbacks, "measure_cpu_peak_flops", lambda: 1e15)
+    fit(tmp_path / "run", "--trainer.max_steps", "24", "--model.peak_flops", "null")  # the window refills after
+    out = capsys.readouterr().out
+    assert re.search(r"^MFU \d+\.\d\d > 1: the cached CPU peak \(0 GFLOP/s\) was measured on a busy machine; measured "
+                     r"again: 1000000 GFLOP/s", out, flags=re.MULTILINE)
+    assert json.loads(cache.read_text())[callbacks.cpu_key()]["flops"] == 1e15
+    mfu = scalars(tmp_path / "run", "train/mfu")
+    assert mfu and max(mfu.values()) < 1

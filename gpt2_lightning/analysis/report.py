@@ -12,6 +12,7 @@ from gpt2_lightning.analysis.lm_runs import LM_VARIANTS
 from gpt2_lightning.analysis.probe_runs import LEARNED, PROBE, PROBE_WINDOW
 from gpt2_lightning.analysis.sections import (
     context,
+    context_use,
     copying,
     extrapolation,
     lm_quality,
@@ -235,6 +236,30 @@ def _extrapolation(budget: Budget, found: dict, judged: dict) -> dict:
             "extrapolation_rope": "kept it too" if judged["rope_kept"] else "lost more than that"}
 
 
+def _context_use(budget: Budget, found: dict, judged: dict) -> dict:
+    """The per-position loss bands and the shuffled-prefix control, each with its bootstrap interval over windows."""
+    T = budget.block_size
+
+    def cell(mean_ci) -> str:
+        mean, (low, high) = mean_ci
+        return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+    bands = [f"{a}-{b}" for a, b in found["bands"]]
+    curve_rows = [[model] + [cell(per_band[band]) if band in per_band else "—" for band in bands]
+                  for model, per_band in judged["curves"].items()]
+    curve_header = ["model (seed 1)"] + [f"positions {a}–{b - 1} ({a / T:g}–{b / T:g}×)" for a, b in found["bands"]]
+    distances = list(next(iter(judged["control"].values())))
+    control_rows = [[name] + [cell(per_d[d]) for d in distances] + [", ".join(judged["uses"][name]) or "none"]
+                    for name, per_d in judged["control"].items()]
+    control_header = (["variant"] + [f"text kept {float(d) * T:g} back" for d in distances]
+                      + ["uses text this far back (CI above 0), in training lengths"])
+    start, end = found["bands"][-1]
+    return {"context_use_curves": table(curve_header, curve_rows),
+            "context_use_control": table(control_header, control_rows), "context_use_windows": found["windows"],
+            "context_use_factor": context_use.FACTOR, "context_use_band": f"{start}–{end - 1}",
+            "context_use_ntk_gain": cell(judged["ntk_gain"]), "context_use_verdict": bold(judged["verdict"])}
+
+
 def _uptraining(budget: Budget, found: dict, uptrained_held: bool) -> dict:
     rows = [[f"MHA baseline ({budget.steps} steps)", f"{found['mha']:.3f}"],
             ["mha_to_gqa(baseline, 2), no training", f"{found['converted']:.3f}"],
@@ -297,6 +322,7 @@ def render(budget: Budget, found: dict, judged: dict, header: dict) -> str:
         **_lm(budget, found["lm"], judged["lm"]),
         **_context(found["context"], judged["context"]),
         **_extrapolation(budget, found["extrapolation"], judged["extrapolation"]),
+        **_context_use(budget, found["context_use"], judged["context_use"]),
         **_uptraining(budget, found["uptraining"], judged["uptraining"]),
         **_verdict(found, judged),
     }

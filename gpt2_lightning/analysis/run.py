@@ -17,6 +17,7 @@ from gpt2_lightning.analysis.report import render
 from gpt2_lightning.analysis.run_cache import RunCache, code_key
 from gpt2_lightning.analysis.sections import (
     context,
+    context_use,
     copying,
     extrapolation,
     lm_quality,
@@ -83,6 +84,8 @@ def analyze(budget_name: str = "small", out: str | os.PathLike = "docs",
     judged["context"] = context.judge(found["context"])
     found["extrapolation"] = extrapolation.measure(budget, results)
     judged["extrapolation"] = extrapolation.judge(found["extrapolation"])
+    found["context_use"] = context_use.measure(budget, results)
+    judged["context_use"] = context_use.judge(found["context_use"])
     found["uptraining"] = uptraining.measure(budget, results, cache)
     judged["uptraining"] = uptraining.judge(found["uptraining"])
 

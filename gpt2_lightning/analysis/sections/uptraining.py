@@ -1,4 +1,4 @@
-"""Section 4.3, GQA from pretrained weights: the seed-1 MHA baseline converted by `mha_to_gqa` and uptrained,
+"""Section 4.4, GQA from pretrained weights: the seed-1 MHA baseline converted by `mha_to_gqa` and uptrained,
 against GQA-2 trained from scratch for the same steps."""
 
 from __future__ import annotations

@@ -496,6 +496,11 @@ def run_lightning(name: str, argv: Sequence[str]) -> None:
                 "the run directory"
             sys.exit(f"gpt2-lightning {name}: error: cannot write {where}: {err.strerror}; the last complete "
                      "checkpoint is intact: free space or fix permissions, then resume with --ckpt_path last")
+    # A run that ended well destroys its process group here: left to interpreter shutdown, gloo's worker threads now
+    # and then abort the process ("terminate called without an active exception", status -6; pytorch #190489).
+    # On success only, as torchtitan does: after a failure another rank may still wait in a collective.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def run_prepare(argv: Sequence[str]) -> None:

@@ -56,3 +56,15 @@ def test_convert_says_when_it_changed_nothing(hf_checkpoint, tmp_path, capsys):
     assert "already 4 key/value heads: nothing to convert" in capsys.readouterr().out
     main(["convert", "--checkpoint", str(directory), "--out", str(tmp_path / "copy")])
     assert "re-saved unchanged" in capsys.readouterr().out
+
+
+def test_a_run_that_ended_well_destroys_its_process_group(tmp_path, monkeypatch):
+    """Left to interpreter shutdown, a gloo group's threads sometimes aborted a finished DDP run (status -6)."""
+    import torch.distributed as dist
+
+    def distributed_run(*args, **kwargs):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+
+    monkeypatch.setattr(cli, "GPT2LightningCLI", distributed_run)
+    cli.run_lightning("fit", [])
+    assert not dist.is_initialized()

@@ -12,7 +12,6 @@ traceback. Run policy (the run lock, refusals, vetting) lives in `gpt2_lightning
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import difflib
 import errno
@@ -21,7 +20,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +38,10 @@ from gpt2_lightning.checkpoints.convert import mha_to_gqa
 from gpt2_lightning.data import GPT2DataModule
 from gpt2_lightning.errors import UsageError
 from gpt2_lightning.files import disk_of
-from gpt2_lightning.generate import Sampling, generate_stream
+from gpt2_lightning.generate import Sampling, generate_stream, scale_rope_for_inference
 from gpt2_lightning.hub import download as fetch
 from gpt2_lightning.quantize import QUANTIZATIONS, quantize_weights
-from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer
+from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer, text_pieces
 from gpt2_lightning.train.callbacks import (
     PREEMPTED_EXIT_STATUS,
     CheckpointBeforeFullDiskStop,
@@ -154,12 +153,7 @@ def generate(
     target = pick_device(device)
     if quantize is not None and dtype == "float32":
         raise UsageError(f"--quantize {quantize} runs with bfloat16 activations; drop --dtype float32")
-    model = load(checkpoint).to(target)
-    if rope_scaling is not None:
-        try:
-            model.scale_rope(rope_scaling, rope_scaling_factor)
-        except ValueError as err:
-            raise UsageError(f"--rope_scaling {rope_scaling}: {err}") from err
+    model = scale_rope_for_inference(load(checkpoint).to(target), rope_scaling, rope_scaling_factor)
     n_params = model.num_params()
     if quantize is not None:
         model = quantize_weights(model, quantize)
@@ -170,18 +164,20 @@ def generate(
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=EOT_ID,
                         generator=torch.Generator(device=target).manual_seed(seed))
     started, produced = time.perf_counter(), 0
+
+    def sampled_ids() -> Iterator[int]:
+        nonlocal produced
+        for token in generate_stream(model, input_ids, max_new_tokens, sampling, compile=compile):
+            produced += 1
+            yield token.item()
+
     for sample in range(num_samples):
         if sample:
             print("\n" + "-" * 40)
         print(prompt, end="", flush=True)
-        # A character may span several tokens: decode bytes incrementally and print whole characters only.
-        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for token in generate_stream(model, input_ids, max_new_tokens, sampling, compile=compile):
-            produced += 1
-            if token.item() == EOT_ID:
-                break
-            print(text.decode(tokenizer.decode_single_token_bytes(token.item())), end="", flush=True)
-        print(text.decode(b"", final=True))
+        for piece in text_pieces(sampled_ids(), errors="replace"):  # whole characters, as they are completed
+            print(piece, end="", flush=True)
+        print()
     seconds = time.perf_counter() - started
     weights = f"{quantize} weights" if quantize else dtype or "float32"
     print(f"[{num_samples} sample(s), {produced} new tokens in {seconds:.1f} s ({produced / seconds:.1f} tokens/s) "

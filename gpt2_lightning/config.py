@@ -131,11 +131,6 @@ class GPTConfig:
         """Every layer's window, in order."""
         return [self.window_of(i) for i in range(self.n_layer)]
 
-    def rope_theta_of(self, layer: int) -> float:
-        """The RoPE base of layer `layer`: rope_theta_local for a windowed layer when it is set."""
-        local = self.rope_theta_local is not None and self.window_of(layer) is not None
-        return self.rope_theta_local if local else self.rope_theta
-
     @property
     def kv_heads(self) -> int:
         """The number of key/value heads in effect (n_kv_head, or n_head when it is None)."""

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from gpt2_lightning.checkpoints import load
 from gpt2_lightning.errors import UsageError
-from gpt2_lightning.generate import KVCache, Sampling, generate_stream
+from gpt2_lightning.generate import KVCache, Sampling, generate_stream, scale_rope_for_inference
 from gpt2_lightning.lm_loss import chunk_rows
 from gpt2_lightning.model import GPT
 from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer
@@ -102,11 +102,7 @@ class GPT2LightningLM(TemplateLM):
             if dtype not in (None, "float32", "bfloat16"):
                 raise UsageError(f"dtype {dtype!r}: use float32 or bfloat16")
             model = model.to(device=device or "cpu", dtype=torch.bfloat16 if dtype == "bfloat16" else None)
-            if rope_scaling is not None:
-                try:
-                    model.scale_rope(rope_scaling, rope_scaling_factor)
-                except ValueError as err:
-                    raise UsageError(f"--rope_scaling {rope_scaling}: {err}") from err
+            model = scale_rope_for_inference(model, rope_scaling, rope_scaling_factor)
         self.model = model.eval()
         self._device = model.transformer.wte.weight.device
         try:

@@ -133,6 +133,17 @@ def _free_memory(device: torch.device) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def scale_rope_for_inference(model: GPT, scaling: str | None, factor: float = 1.0) -> GPT:
+    """`generate`'s and `evaluate`'s --rope_scaling: `GPT.scale_rope` when asked for, its refusal (learned positions,
+    a factor below 1) said as a setting to change."""
+    if scaling is not None:
+        try:
+            model.scale_rope(scaling, factor)
+        except ValueError as err:
+            raise UsageError(f"--rope_scaling {scaling}: {err}") from err
+    return model
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How the next token is picked from a row of logits.

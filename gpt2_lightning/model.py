@@ -124,10 +124,7 @@ class GPT(nn.Module):
         if config.pos_encoding == "learned":
             layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         else:  # rope: no position table; q and k are rotated in every attention layer, at its layer's base
-            for name, theta in self._rope_bases().items():
-                inv_freq = rope_frequencies(config.head_dim, theta, scaling=config.rope_scaling,
-                                            factor=config.rope_scaling_factor)
-                self.register_buffer(name, inv_freq, persistent=False)
+            self._set_rope_frequencies()
         layers.update(
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
@@ -155,9 +152,14 @@ class GPT(nn.Module):
         NTK-aware scaling ("ntk") by `factor`, or plain RoPE (None); see `GPTConfig.rope_scaling`. The weights are
         untouched: an inference setting, recorded in the config so a save keeps it."""
         self.config = replace(self.config, rope_scaling=scaling, rope_scaling_factor=factor)  # checks the values
+        self._set_rope_frequencies(self.rope_inv_freq.device)
+
+    def _set_rope_frequencies(self, device=None) -> None:
+        """(Re)build the frequency buffer of each RoPE base in use, scaled as the config says."""
+        c = self.config
         for name, theta in self._rope_bases().items():
-            inv_freq = rope_frequencies(self.config.head_dim, theta, scaling=scaling, factor=factor)
-            self.register_buffer(name, inv_freq.to(getattr(self, name).device), persistent=False)
+            inv_freq = rope_frequencies(c.head_dim, theta, device, scaling=c.rope_scaling, factor=c.rope_scaling_factor)
+            self.register_buffer(name, inv_freq, persistent=False)
 
     def _rope_bases(self) -> dict[str, float]:
         """The frequency buffer of each RoPE base in use: `rope_inv_freq`, and `rope_inv_freq_local` for the

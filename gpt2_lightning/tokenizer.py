@@ -7,8 +7,10 @@ reading it from the package means tokenization never needs the network or tiktok
 from __future__ import annotations
 
 import base64
+import codecs
 import functools
 import hashlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import tiktoken
@@ -49,3 +51,15 @@ def get_tokenizer() -> tiktoken.Encoding:
         special_tokens={EOT_TOKEN: EOT_ID},
         explicit_n_vocab=EOT_ID + 1,
     )
+
+
+def text_pieces(ids: Iterable[int], errors: str = "strict") -> Iterator[str]:
+    """The text of token ids as they come, up to the first <|endoftext|> (a document ends there), in whole characters:
+    a character's bytes may be split over tokens, so each piece holds only the characters completed so far; bytes
+    that never complete one are handled as `errors` says ("replace": U+FFFD, "ignore": left out)."""
+    tokenizer, decoder = get_tokenizer(), codecs.getincrementaldecoder("utf-8")(errors=errors)
+    for token in ids:
+        if token == EOT_ID:
+            break
+        yield decoder.decode(tokenizer.decode_single_token_bytes(token))
+    yield decoder.decode(b"", final=True)

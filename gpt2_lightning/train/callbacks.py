@@ -290,8 +290,7 @@ class TokenThroughput(L.Callback):
                 print(f"MFU is not logged: the peak FLOP/s is {source}; set model.peak_flops", flush=True)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._throughput = Throughput(available_flops=self.peak, world_size=trainer.world_size,
-                                      window_size=self.window_size)
+        self._throughput = self._window(trainer)
         self._start, self._batches, self._samples, self._tokens = time.perf_counter(), 0, 0, 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
@@ -314,6 +313,10 @@ class TokenThroughput(L.Callback):
                 return
             pl_module.log("train/mfu", metrics["device/mfu"])
 
+    def _window(self, trainer: L.Trainer) -> Throughput:
+        """A fresh rate window against the current peak."""
+        return Throughput(available_flops=self.peak, world_size=trainer.world_size, window_size=self.window_size)
+
     def _remeasure_peak(self, trainer: L.Trainer, mfu: float) -> None:
         """MFU above 1 means the cached CPU peak was measured on a busy machine: one process measures again (now,
         between steps) and keeps the higher rate; with several ranks, a measurement would need them all, so MFU is
@@ -328,8 +331,7 @@ class TokenThroughput(L.Callback):
             return
         old, started = self.peak, time.perf_counter()
         self.peak, source = cpu_peak_flops(remeasure=True)
-        self._throughput = Throughput(available_flops=self.peak, world_size=trainer.world_size,
-                                      window_size=self.window_size)
+        self._throughput = self._window(trainer)
         self._start += time.perf_counter() - started  # the measurement is not training time
         print(f"MFU {mfu:.2f} > 1: the cached CPU peak ({old / 1e9:.0f} GFLOP/s) was measured on a busy machine; "
               f"measured again: {self.peak / 1e9:.0f} GFLOP/s ({source})", flush=True)

@@ -11,7 +11,6 @@ filtered, TensorBoard cards of the run's own metrics, and at the end a sample an
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
 import time
@@ -26,7 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from gpt2_lightning.generate import Sampling, generate
 from gpt2_lightning.model import GPT
-from gpt2_lightning.tokenizer import EOT_ID, get_tokenizer
+from gpt2_lightning.tokenizer import EOT_ID, text_pieces
 from gpt2_lightning.train.lightning_compat import progress_bar_due
 from gpt2_lightning.train.parallel import is_sharded
 
@@ -163,15 +162,9 @@ def print_sample(trainer: L.Trainer, module: L.LightningModule) -> None:
 
 
 def sample_text(ids: list[int]) -> str:
-    """The text of generated token ids up to the first <|endoftext|> (a document ends there), in whole characters: a
-    character's bytes may be split over tokens, and a sample cut short ends mid-character; such bytes are left out."""
-    tokenizer, text = get_tokenizer(), []
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-    for token in ids:
-        if token == EOT_ID:
-            break
-        text.append(decoder.decode(tokenizer.decode_single_token_bytes(token)))
-    return "".join(text).strip()
+    """The text of generated token ids up to the first <|endoftext|>, in whole characters: the bytes of a character
+    the sample cut short (or never began) are left out."""
+    return "".join(text_pieces(ids, errors="ignore")).strip()
 
 
 class TensorBoard(TensorBoardLogger):

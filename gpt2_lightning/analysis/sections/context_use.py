@@ -78,19 +78,18 @@ def measure(budget: Budget, results: dict[str, list[dict]]) -> dict:
     bands = _bands(T)
     curves, control = {}, {}
     for name, per_seed in results.items():
-        if name in ROPE_VARIANTS:
-            runs = SCALINGS
-        else:  # learned positions stop at block_size: the first band only
-            runs = {"raw": None}
-        for label, scaling in runs.items():
-            model = load(per_seed[0]["weights"]).eval()
-            if scaling is not None:
-                model.scale_rope(scaling, FACTOR)
-            length = FACTOR * T if name in ROPE_VARIANTS else T
+        model = load(per_seed[0]["weights"]).eval()
+        rope = name in ROPE_VARIANTS
+        length = FACTOR * T if rope else T  # learned positions stop at block_size: the first band only
+        for label, scaling in (SCALINGS if rope else {"raw": None}).items():
+            if rope:
+                model.scale_rope(scaling, FACTOR if scaling else 1.0)
             losses = per_position_loss(model, inputs[:, :length], targets[:, :length])
             curves[f"{name}, {label}"] = {f"{a}-{b}": losses[:, a:b].mean(axis=1).tolist()
                                           for a, b in bands if b <= length}
-        control[name] = _shuffled_prefix_gain(load(per_seed[0]["weights"]).eval(), inputs, targets, T)
+        if rope:
+            model.scale_rope(None)  # the control measures the model as trained
+        control[name] = _shuffled_prefix_gain(model, inputs, targets, T)
     return {"bands": [list(b) for b in bands], "curves": curves, "control": control, "windows": len(inputs)}
 
 

@@ -10,6 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from gpt2_lightning.config import GPTConfig
+from gpt2_lightning.generate import KVCache
 from gpt2_lightning.model import GPT
 
 LENGTHS = (1024, 8192)
@@ -57,8 +58,6 @@ KV_VARIANTS = {  # the 124M shape's KV cache: heads and windows, hybrids include
 def kv_memory(checked_context: int = 1500) -> list[dict]:
     """KV-cache GiB of each variant at KV_CONTEXTS × KV_BATCHES in bf16, by `GPTConfig.kv_cache_bytes`, and whether
     that formula equals the bytes a real `KVCache` allocates (checked at `checked_context`, batch 1, float32)."""
-    from gpt2_lightning.generate import KVCache
-
     rows = []
     for name, fields in KV_VARIANTS.items():
         config = GPTConfig(pos_encoding="rope", **fields)

@@ -6,7 +6,9 @@ Conventions (see docs/variants.md):
 - Sliding window w (Mistral / transformers convention): the query at position t sees keys t-w+1 … t, its own
   position included, i.e. w keys. w >= S is full causal attention.
 - Grouped-query attention: with n_kv key/value heads and n_head query heads, query head i reads key/value
-  head i // (n_head // n_kv) — `F.scaled_dot_product_attention(..., enable_gqa=True)`, no copies of K or V.
+  head i // (n_head // n_kv) — `F.scaled_dot_product_attention(..., enable_gqa=True)`; a decode step (one query)
+  instead folds each group's query heads into the query dimension of one attention per key/value head, because
+  CPU SDPA's `enable_gqa` expands K and V to every query head (MQA decode read 12× its cache; issue 23, item 5).
 - Kernels: full causal attention is SDPA's (flash / memory-efficient on a GPU). A sliding window is
   FlexAttention with a block mask on a CUDA GPU (compiled kernels that skip the blocks outside the band; an
   explicit mask would keep SDPA off its flash kernels), and the eager banded kernel on CPUs, where
@@ -54,7 +56,11 @@ def attention(
     if T == S:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
     if T == 1:  # one new token sees every cached position: no mask needed
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=gqa)
+        if gqa:  # each group's query heads as the rows of one attention: K and V are read once, never expanded
+            B, H, _, hs = q.shape
+            rows = q.view(B, k.size(1), H // k.size(1), hs)  # (B, nkv, heads per group, hs)
+            return F.scaled_dot_product_attention(rows, k, v, dropout_p=dropout_p).view(B, H, 1, hs)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     mask = visible_mask(T, S, None, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
 

@@ -147,6 +147,23 @@ def test_banded_attention_equals_reference(T, S, w, block, n_kv):
     torch.testing.assert_close(attention(q, k, v, w), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n_kv", [1, 2, 4])
+def test_a_decode_step_reads_each_key_value_head_once_and_equals_reference(monkeypatch, n_kv):
+    """Issue 23, item 5: CPU SDPA's enable_gqa expands K and V to every query head, so a GQA/MQA decode step read
+    n_head / n_kv copies of its cache; the step must attend per key/value group (no expansion), exactly."""
+    q, k, v = torch.randn(2, 4, 1, 8), torch.randn(2, n_kv, 37, 8), torch.randn(2, n_kv, 37, 8)
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        calls.append((q.size(1), k.size(1), kwargs.get("enable_gqa", False)))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    y = attention(q, k, v)
+    assert calls == [(n_kv, n_kv, False)]  # one attention per key/value head: nothing expanded
+    torch.testing.assert_close(y, reference_attention(q, k, v), atol=1e-6, rtol=1e-5)
+
+
 def test_banded_attention_gradients_equal_reference():
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 40, 8, requires_grad=True) for _ in range(3))

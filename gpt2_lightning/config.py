@@ -40,6 +40,8 @@ class GPTConfig:
             factor^(hs / (hs - 2)), so the high frequencies barely move and the lowest is interpolated).
         rope_scaling_factor: the factor s of rope_scaling (>= 1; at 1 both are exactly RoPE), e.g. the new length
             over the training length.
+        n_inner: the MLP's hidden width (transformers' GPT2Config name); null = 4 · n_embd as in GPT-2. Widening
+            it restores the parameters GQA removes, as Llama 2 did for its 70B GQA model (section 2.2).
         n_kv_head: key/value heads: null = n_head (multi-head), 1 = multi-query, else grouped-query; divides n_head.
         sliding_window: null = full causal attention; w = each position attends to itself and the w - 1 before it;
             a list gives each layer its own span (w or null = global), repeated over the layers when shorter:
@@ -58,6 +60,7 @@ class GPTConfig:
     rope_theta_local: float | None = None
     rope_scaling: str | None = None
     rope_scaling_factor: float = 1.0
+    n_inner: int | None = None
     n_kv_head: int | None = None
     sliding_window: int | list[int | None] | None = None
 
@@ -66,6 +69,9 @@ class GPTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_inner is not None and (isinstance(self.n_inner, bool) or not isinstance(self.n_inner, int)
+                                         or self.n_inner <= 0):
+            raise ValueError(f"GPTConfig.n_inner must be None (= 4 · n_embd) or a positive integer, got {self.n_inner!r}")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
@@ -132,6 +138,11 @@ class GPTConfig:
         return [self.window_of(i) for i in range(self.n_layer)]
 
     @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width in effect (n_inner, or GPT-2's 4 · n_embd when it is None)."""
+        return self.n_inner or 4 * self.n_embd
+
+    @property
     def kv_heads(self) -> int:
         """The number of key/value heads in effect (n_kv_head, or n_head when it is None)."""
         return self.n_kv_head or self.n_head
@@ -141,7 +152,8 @@ class GPTConfig:
         block_size 64"."""
         heads = f"{self.n_head} heads" + (f" ({self.kv_heads} K/V)" if self.kv_heads != self.n_head else "")
         window = f", sliding_window {self.sliding_window}" if self.has_window else ""
-        return (f"{self.n_layer} layers × {self.n_embd} wide, {heads}, {self.pos_encoding} positions, block_size "
+        mlp = f", MLP {self.n_inner} wide" if self.n_inner not in (None, 4 * self.n_embd) else ""
+        return (f"{self.n_layer} layers × {self.n_embd} wide, {heads}{mlp}, {self.pos_encoding} positions, block_size "
                 f"{self.block_size}{window}")
 
     def kv_cache_bytes(self, context: int, batch_size: int = 1, bytes_per_value: int = 2) -> int:

@@ -86,8 +86,8 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,7 +182,7 @@ class GPT(nn.Module):
         window w.
         """
         c, T = self.config, seq_len
-        per_layer = c.n_embd * (c.n_head + 2 * c.kv_heads) * c.head_dim + c.n_embd**2 + 8 * c.n_embd**2
+        per_layer = c.n_embd * (c.n_head + 2 * c.kv_heads) * c.head_dim + c.n_embd**2 + 2 * c.n_embd * c.mlp_width
         matmul_weights = c.n_layer * per_layer + c.vocab_size * c.n_embd
 
         def mean_keys(w: int) -> float:  # mean of min(t + 1, w) over t < T

@@ -52,8 +52,6 @@ def config_from_hf(hf: dict) -> GPTConfig:
     if hf.get("model_type", "gpt2") != "gpt2":
         raise CheckpointError(f"config.json describes a {hf['model_type']!r} model, not GPT-2 (model_type 'gpt2')")
     unsupported = []
-    if hf.get("n_inner") not in (None, 4 * hf.get("n_embd", 768)):
-        unsupported.append(f"n_inner={hf['n_inner']} (this model's MLP is 4·n_embd wide)")
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         unsupported.append(f"activation_function={hf['activation_function']!r} (only tanh-approximated GELU)")
     if hf.get("layer_norm_epsilon", 1e-5) != 1e-5:
@@ -74,6 +72,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
             n_layer=hf.get("n_layer", 12),
             n_head=hf.get("n_head", 12),
             n_embd=hf.get("n_embd", 768),
+            n_inner=hf.get("n_inner"),
             dropout=dropouts.pop(),
         )
     except ValueError as err:
@@ -96,7 +95,7 @@ def config_to_hf(config: GPTConfig) -> dict:
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": None,
+        "n_inner": config.n_inner,
         "activation_function": "gelu_new",
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,

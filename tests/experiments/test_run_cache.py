@@ -64,7 +64,7 @@ def test_other_code_or_another_spec_is_measured_again(run, monkeypatch):
     _, _, call, measured = run
     call({"steps": 16})
     assert len(measured) == 2
-    monkeypatch.setattr(run_cache, "code_key", lambda: "other code")
+    monkeypatch.setattr(run_cache, "code_key", lambda module=None: "other code")
     call({"steps": 16})
     assert len(measured) == 3
 
@@ -78,6 +78,30 @@ def test_the_code_key_changes_with_the_torch_and_lightning_versions(library, mon
         assert code_key() != before
     finally:
         code_key.cache_clear()
+
+
+def test_a_run_is_keyed_on_the_code_that_measures_it_not_on_the_renderers():
+    """Editing the report, a plot or a statistic re-measures nothing; a change to one section re-measures only the
+    runs that section defines (its lambdas carry its module); shared code re-measures everything."""
+    names = {name: {s.relative_to(run_cache.PACKAGE).as_posix() for s in run_cache.measuring_sources(name)}
+             for name in (None, "gpt2_lightning.analysis.sections.recall", "gpt2_lightning.analysis.lm_runs")}
+    shared = names[None]
+    assert {"model.py", "attention.py", "analysis/probes.py", "analysis/lm_runs.py"} <= shared
+    assert not shared & {"analysis/report.py", "analysis/plots.py", "analysis/statistics.py", "analysis/run.py"}
+    assert not any(name.startswith("analysis/sections/") for name in shared)
+    assert names["gpt2_lightning.analysis.sections.recall"] == shared | {"analysis/sections/recall.py"}
+    assert names["gpt2_lightning.analysis.lm_runs"] == shared
+    recall, copying = "gpt2_lightning.analysis.sections.recall", "gpt2_lightning.analysis.sections.copying"
+    assert len({code_key(), code_key(recall), code_key(copying)}) == 3
+
+
+def test_a_run_from_another_section_module_is_measured_again(tmp_path):
+    cache = RunCache(tmp_path)
+    compute = lambda: {"x": 1}  # noqa: E731
+    cache.run("a", {}, compute)
+    compute.__module__ = "gpt2_lightning.analysis.sections.recall"  # the same entry, defined by another section
+    assert cache.run("a", {}, lambda: {"x": 2}) == {"x": 1}  # same module (this test's): reused
+    assert cache.run("a", {}, compute) == {"x": 1} and cache.measured == 2
 
 
 def test_the_cache_counts_what_it_reused_and_measured_per_instance(tmp_path):

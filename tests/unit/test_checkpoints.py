@@ -37,11 +37,13 @@ def test_from_pretrained_accepts_str_and_path(hf_checkpoint):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_save_hf_is_read_by_transformers_and_round_trips(tmp_path):
+@pytest.mark.parametrize("n_inner", [None, 100])  # GPT-2's 4·n_embd MLP, and a widened one (transformers' n_inner)
+def test_save_hf_is_read_by_transformers_and_round_trips(tmp_path, n_inner):
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=150, block_size=40, n_layer=3, n_head=3, n_embd=48, dropout=0.1)).eval()
+    model = GPT(GPTConfig(vocab_size=150, block_size=40, n_layer=3, n_head=3, n_embd=48, dropout=0.1,
+                          n_inner=n_inner)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # biases and LayerNorms off their init values
@@ -49,6 +51,7 @@ def test_save_hf_is_read_by_transformers_and_round_trips(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
 
     theirs = GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    assert theirs.transformer.h[0].mlp.c_fc.nf == (n_inner or 4 * 48)
     input_ids = torch.randint(0, 150, (2, 40))
     assert max_logit_diff(model, theirs, input_ids) <= ATOL
 
@@ -173,8 +176,8 @@ def test_invalid_or_unsupported_config_json(hf_checkpoint):
     with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
         load(directory)
     (directory / "config.json").write_text(json.dumps({"model_type": "gpt2", "activation_function": "relu",
-                                                       "n_inner": 10}))
-    with pytest.raises(CheckpointError, match="n_inner=10.*activation_function='relu'"):
+                                                       "layer_norm_epsilon": 1e-6}))
+    with pytest.raises(CheckpointError, match="activation_function='relu'.*layer_norm_epsilon=1e-06"):
         load(directory)
     (directory / "config.json").write_text(json.dumps({"model_type": "gpt2", "resid_pdrop": 0.1, "attn_pdrop": 0.0}))
     with pytest.raises(CheckpointError, match=r"attn_pdrop of \[0.0, 0.1\] \(one dropout rate for all\)"):

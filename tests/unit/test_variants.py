@@ -376,6 +376,18 @@ def test_parameter_count_formula(pos, kv, w, bias):
     assert variant(pos, kv, w, bias=bias).num_params() == expected
 
 
+def test_n_inner_sets_the_mlp_width_in_parameters_and_flops():
+    """A widened MLP (n_inner, as Llama 2 restored GQA's parameters) adds 2·C·Δ weights + Δ biases per layer, and
+    2·2·C·Δ forward FLOPs per token per layer."""
+    base, wide = GPTConfig(n_layer=2, n_head=4, n_embd=32, vocab_size=64, block_size=16), 160
+    widened = GPTConfig(**{**base.__dict__, "n_inner": wide})
+    delta = wide - 4 * 32
+    assert GPT(widened).num_params() - GPT(base).num_params() == 2 * (2 * 32 * delta + delta)
+    assert GPT(widened).flops_per_token(16) - GPT(base).flops_per_token(16) == 2 * 2 * 2 * 32 * delta
+    with pytest.raises(ValueError, match="n_inner must be None"):
+        GPTConfig(n_inner=0)
+
+
 # ---- MHA → GQA conversion --------------------------------------------------------------------------------------
 
 

@@ -71,7 +71,7 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
         if self.n_inner is not None and (isinstance(self.n_inner, bool) or not isinstance(self.n_inner, int)
                                          or self.n_inner <= 0):
-            raise ValueError(f"GPTConfig.n_inner must be None (= 4 · n_embd) or a positive integer, got {self.n_inner!r}")
+            raise ValueError(f"GPTConfig.n_inner must be None (= 4·n_embd) or a positive integer, got {self.n_inner!r}")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "

@@ -24,11 +24,19 @@ def run_cli(root, config, *extra):
     return done.stdout
 
 
+# FSDP2 runs a local:global hybrid with MQA and RoPE (issue 23, item 1: per-layer windows shard like any model);
+# DDP the plain GPT-2.
+HYBRID = ["--model.config.pos_encoding", "rope", "--model.config.n_kv_head", "1",
+          "--model.config.sliding_window", "[4, null]"]
+
+
 @pytest.mark.parametrize("config", ["ddp.yaml", "fsdp.yaml"])
 def test_two_processes_train_and_resume_exactly(tmp_path, config):
-    straight = run_cli(tmp_path / "straight", config, "--trainer.max_steps", "8", "--model.lr_decay_steps", "8")
-    run_cli(tmp_path / "resumed", config, "--trainer.max_steps", "4", "--model.lr_decay_steps", "8")
-    run_cli(tmp_path / "resumed", config, "--trainer.max_steps", "8", "--model.lr_decay_steps", "8",
+    variant = HYBRID if config == "fsdp.yaml" else []
+    straight = run_cli(tmp_path / "straight", config, *variant, "--trainer.max_steps", "8",
+                       "--model.lr_decay_steps", "8")
+    run_cli(tmp_path / "resumed", config, *variant, "--trainer.max_steps", "4", "--model.lr_decay_steps", "8")
+    run_cli(tmp_path / "resumed", config, *variant, "--trainer.max_steps", "8", "--model.lr_decay_steps", "8",
             "--ckpt_path", "last")
     a, b = scalars(tmp_path / "straight", "train/loss"), scalars(tmp_path / "resumed", "train/loss")
     assert sorted(a) == sorted(b) == list(range(8))

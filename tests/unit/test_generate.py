@@ -28,8 +28,10 @@ def test_greedy_equals_transformers_generate(hf_checkpoint, shape):
     assert torch.equal(ours, theirs)
 
 
-@pytest.mark.parametrize("fields", [{}, {"pos_encoding": "rope", "n_kv_head": 2, "sliding_window": 8}],
-                         ids=["gpt2", "rope-gqa-window"])
+@pytest.mark.parametrize("fields", [{}, {"pos_encoding": "rope", "n_kv_head": 2, "sliding_window": 8},
+                                    {"pos_encoding": "rope", "n_kv_head": 1, "sliding_window": [8, None],
+                                     "rope_theta_local": 100.0}],
+                         ids=["gpt2", "rope-gqa-window", "hybrid"])
 def test_compiled_decoding_equals_eager(fields):
     """generate(compile=True): the same tokens, through the compiled forward (its few-row linears are reductions,
     the rolling window cache wraps around within the 20 new tokens)."""

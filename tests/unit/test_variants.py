@@ -250,6 +250,29 @@ def test_kv_cache_bytes_formula_equals_the_allocated_cache(kv, w):
         assert model.config.kv_cache_bytes(32_768) == full // 2 + full // 2 * WINDOW // 32_768
 
 
+def test_a_hybrid_compiled_block_by_block_trains_like_eager():
+    """Issue 23, item 1: `compile` in the module compiles each block in place; local layers (banded kernel, their own
+    RoPE base) and global ones compile and give eager's loss and gradients."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=32, pos_encoding="rope", n_kv_head=2,
+                       sliding_window=[8, None], rope_theta_local=100.0)
+    eager = GPT(config)
+    compiled = GPT(config)
+    compiled.load_state_dict(eager.state_dict())
+    for block in compiled.transformer.h:
+        block.compile()
+    ids = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(1))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    losses = [model.loss(ids, ids) for model in (eager, compiled)]
+    for loss in losses:
+        loss.backward()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # the local and the global block compiled
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_each_layer_reaches_exactly_its_own_window():
     """Windows growing with depth, (3, 6): the last logits see (3 - 1) + (6 - 1) + 1 = 8 tokens; with the second
     layer global (a hybrid) they see the whole sequence."""

@@ -1,15 +1,13 @@
 """What sliding windows and grouped-query attention cost and save, measured on this machine.
 
-Sections (all by default):
+Sections (all by default; decode time against context is benchmarks/bench_long_context.py's `heads`):
   forward  attention forward time and peak memory vs sequence length (GPT-2 small heads: 12 × 64, batch 1) for
            full causal SDPA, the banded sliding-window kernel (w = 256, 1024) and, as the naive way, SDPA with a
            dense (T, T) window mask. Each point runs in a fresh subprocess so its peak RSS is its own.
-  decode   decode tokens/s and KV-cache bytes at context 1k–8k, 124M shape (RoPE so contexts past 1024 exist),
-           for MHA, GQA (n_kv_head 4, 2), MQA, and MHA with a 1024 window (rolling cache).
   blocks   the banded kernel's query-block size sweep behind its default.
   flex     FlexAttention with a sliding-window block mask under torch.compile, for comparison (compile cost too).
 
-Usage: python benchmarks/bench_attention.py [--sections forward decode blocks flex] [--threads 2]
+Usage: python benchmarks/bench_attention.py [--sections forward blocks flex] [--threads 2]
 """
 
 from __future__ import annotations
@@ -21,10 +19,8 @@ import time
 import torch
 
 from gpt2_lightning.analysis.measure import ATTENTION_KINDS as KINDS
-from gpt2_lightning.analysis.measure import HEAD_DIM, N_HEAD, attention_point, decode_tokens_per_sec, median_ms
+from gpt2_lightning.analysis.measure import HEAD_DIM, N_HEAD, attention_point, median_ms
 from gpt2_lightning.attention import attention, banded_attention
-from gpt2_lightning.config import GPTConfig
-from gpt2_lightning.model import GPT
 
 LENGTHS = [512, 1024, 2048, 4096, 8192, 16384]
 
@@ -42,28 +38,6 @@ def forward_section(threads: int) -> None:
     for kind in KINDS:
         ratios = [results[b, kind]["ms"] / results[a, kind]["ms"] for a, b in itertools.pairwise(LENGTHS)]
         print(f"- {kind}: " + ", ".join(f"{r:.1f}" for r in ratios))
-
-
-def decode_section(new_tokens: int = 16) -> None:
-    variants = {
-        "MHA (12 kv heads)": {},
-        "GQA, 4 kv heads": {"n_kv_head": 4},
-        "GQA, 2 kv heads": {"n_kv_head": 2},
-        "MQA (1 kv head)": {"n_kv_head": 1},
-        "MHA + window 1024": {"sliding_window": 1024},
-    }
-    contexts = [1024, 2048, 4096, 8192]
-    print("\n## Decode at the 124M shape (RoPE), batch 1: tokens/s | KV cache MB (fp32; fp16 is half)")
-    print("| variant | " + " | ".join(f"context {c}" for c in contexts) + " |")
-    print("|---|" + "---:|" * len(contexts))
-    for name, fields in variants.items():
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(pos_encoding="rope", **fields)).eval()
-        cells = []
-        for context in contexts:
-            speed, nbytes = decode_tokens_per_sec(model, context, new_tokens)
-            cells.append(f"{speed:.1f} tok/s, {nbytes / 2**20:.0f} MB")
-        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def blocks_section() -> None:
@@ -107,13 +81,12 @@ def flex_section(T: int = 8192, window: int = 256) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="+", default=["forward", "decode", "blocks", "flex"])
+    parser.add_argument("--sections", nargs="+", default=["forward", "blocks", "flex"])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
-    sections = {"forward": lambda: forward_section(args.threads), "decode": decode_section,
-                "blocks": blocks_section, "flex": flex_section}
+    sections = {"forward": lambda: forward_section(args.threads), "blocks": blocks_section, "flex": flex_section}
     for name in args.sections:
         sections[name]()
 

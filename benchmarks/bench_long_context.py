@@ -1,60 +1,35 @@
 """What a local:global hybrid costs and saves at long context, against full attention and a uniform window.
 
 Sections (all by default):
-  decode  decode time per token and KV-cache bytes at context 1k / 4k / 8k, batch 1, the 124M shape (RoPE, so
-          contexts past 1024 exist), float32: full attention, window 256 on every layer, and the 3 local : 1 global
-          hybrid (window 256, every fourth layer global).
+  decode  decode time per token against context (1k, 2k, 4k, 8k), batch 1, 124M shape (RoPE, fp32) for MHA,
+          GQA-4, MQA, window 256 on every layer and the 3 local : 1 global hybrid (window 256, every fourth layer
+          global) — the analysis's section 2 measurement (`speed.decode_speed`): mean of repeats ± 95% interval,
+          the ratio to MHA, the ratio the bytes read allow ((weights + KV) / MHA's) and the cache's size; plus MQA
+          through SDPA's `enable_gqa` (what decode used before issue 23, item 5) as the peer in the same run.
   train   a training step (forward + backward, batch 1) at T = 1k / 4k / 8k, 4 layers × 256 wide (4 heads of 64):
-          the same three attention patterns.
-
-  heads   decode time per token against context (1k, 2k, 4k, 8k), batch 1, 124M shape (RoPE, fp32) for MHA,
-          GQA-4, MQA, window 256 and the hybrid: median of repeats with a 95% interval (t over repeats), the ratio
-          to MHA, and the ratio the bytes read allow ((weights + KV) / MHA's); plus MQA through SDPA's
-          `enable_gqa` (what decode used before issue 23, item 5) as the peer in the same run.
+          full attention, window 256 and the hybrid.
 
 Ratios are against full attention (MHA) measured in the same run. Usage:
-    python benchmarks/bench_long_context.py [--sections decode train heads] [--threads 2] [--repeats 3]
+    python benchmarks/bench_long_context.py [--sections decode train] [--threads 2] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 
 import torch
 import torch.nn.functional as F
-from scipy import stats
 
 import gpt2_lightning.model
-
-from gpt2_lightning.analysis.measure import decode_tokens_per_sec, median_ms
+from gpt2_lightning.analysis.measure import median_ms
+from gpt2_lightning.analysis.report import decode_cells, table
+from gpt2_lightning.analysis.sections.speed import decode_speed
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.model import GPT
 
 PATTERNS = {"full attention": None, "window 256": 256, "hybrid 3:1, w 256": [256, 256, 256, None]}
 CONTEXTS = [1024, 4096, 8192]
-
-
-def decode_section(repeats: int) -> None:
-    print("\n## Decode, 124M shape (RoPE, fp32), batch 1: ms per token (median of repeats) | KV cache MB")
-    print("| pattern | " + " | ".join(f"context {c}" for c in CONTEXTS) + " | time vs full at 8k |")
-    print("|---|" + "---:|" * (len(CONTEXTS) + 1))
-    full = {}
-    for name, window in PATTERNS.items():
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(pos_encoding="rope", sliding_window=window)).eval()
-        cells = []
-        for context in CONTEXTS:
-            times, nbytes = [], 0
-            for _ in range(repeats):
-                rate, nbytes = decode_tokens_per_sec(model, context)
-                times.append(1000 / rate)
-            ms = statistics.median(times)
-            if window is None:
-                full[context] = ms
-            cells.append(f"{ms:.1f} ms, {nbytes / 2**20:,.0f} MB")
-        print(f"| {name} | " + " | ".join(cells) + f" | {ms / full[CONTEXTS[-1]]:.2f}× |")
 
 
 def train_section(repeats: int) -> None:
@@ -81,9 +56,7 @@ def train_section(repeats: int) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
-HEADS = {"MHA": (None, None), "GQA-4": (4, None), "MQA": (1, None), "window 256": (None, 256),
-         "hybrid 3:1, w 256": (None, [256, 256, 256, None])}  # name → (n_kv_head, sliding_window)
-HEAD_CONTEXTS = [1024, 2048, 4096, 8192]
+HEAD_CONTEXTS = (1024, 2048, 4096, 8192)
 
 
 @contextlib.contextmanager
@@ -101,38 +74,19 @@ def expanded_decode():
         gpt2_lightning.model.attention = shared
 
 
-def heads_section(repeats: int) -> None:
-    print("\n## Decode per token against context, 124M shape (RoPE, fp32), batch 1: median ms [95% interval] "
-          "(ratio to MHA; ratio the bytes allow)")
-    print("| variant | " + " | ".join(f"context {c}" for c in HEAD_CONTEXTS) + " |")
-    print("|---|" + "---:|" * len(HEAD_CONTEXTS))
-    rows = list(HEADS.items()) + [("MQA via enable_gqa (before)", (1, None))]
-    mha, weights_bytes = {}, 0
-    for name, (kv, window) in rows:
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(pos_encoding="rope", n_kv_head=kv, sliding_window=window)).eval()
-        weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        cells = []
-        with expanded_decode() if "before" in name else contextlib.nullcontext():
-            for context in HEAD_CONTEXTS:
-                times, nbytes = [], 0
-                for _ in range(repeats):
-                    rate, nbytes = decode_tokens_per_sec(model, context)
-                    times.append(1000 / rate)
-                ms = statistics.median(times)
-                half = (stats.t.ppf(0.975, len(times) - 1) * statistics.stdev(times) / len(times) ** 0.5
-                        if len(times) > 1 else float("nan"))
-                if name == "MHA":
-                    mha[context] = (ms, nbytes)
-                allow = (weights_bytes + nbytes) / (weights_bytes + mha[context][1])
-                cells.append(f"{ms:.1f} [±{half:.1f}] ({ms / mha[context][0]:.2f}×; {allow:.2f}×)")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+def decode_section(repeats: int) -> None:
+    """Decode time per token against context for every attention pattern, and the expanded-K/V peer."""
+    print("\n## Decode per token against context, 124M shape (RoPE, fp32), batch 1: mean ms ± 95% interval "
+          "(ratio to MHA; ratio the bytes allow), KV cache")
+    found = decode_speed(HEAD_CONTEXTS, repeats)
+    with expanded_decode():
+        found["MQA via enable_gqa (before)"] = decode_speed(HEAD_CONTEXTS, repeats, {"MQA": {"n_kv_head": 1}})["MQA"]
+    print(table(["variant"] + [f"context {c}" for c in HEAD_CONTEXTS], decode_cells(found)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", nargs="+", default=["decode", "train", "heads"],
-                        choices=["decode", "train", "heads"])
+    parser.add_argument("--sections", nargs="+", default=["decode", "train"], choices=["decode", "train"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -142,8 +96,6 @@ def main() -> None:
         decode_section(args.repeats)
     if "train" in args.sections:
         train_section(args.repeats)
-    if "heads" in args.sections:
-        heads_section(args.repeats)
 
 
 if __name__ == "__main__":

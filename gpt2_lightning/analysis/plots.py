@@ -44,31 +44,45 @@ def attention_scaling(points: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def recall_probe(budget: Budget, found: dict[str, list[dict]], baselines: dict[str, dict], path: Path) -> None:
-    """Recall accuracy against pairs (mean ± sd over seeds) and against key–query distance at the most pairs, with
-    what models that look up nothing score (`recall.no_lookup_baselines`) drawn as dotted lines."""
+def recall_probe(found: dict, judged: dict, baselines: dict[str, dict], path: Path) -> None:
+    """Section 3.1 in three panels, each variant at its chosen learning rate: accuracy at the most pairs against the
+    key/value width per position (pooled over seeds, Wilson 95% bars; the windowed control on the queries beyond its
+    reach); accuracy against pairs; the validation curves. What models that look nothing up score
+    (`recall.no_lookup_baselines`) is drawn dotted, the recall rule's bar (baseline + margin) dashed."""
     plt = _pyplot()
-    pairs, edges = recall.TASK.train_pairs, recall.EDGES
-    fig, (ax_p, ax_d) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, per_seed in found.items():
-        by_pairs = [[r["by_pairs"][str(p)] for r in per_seed] for p in pairs]
-        ax_p.errorbar(pairs, [statistics.mean(v) for v in by_pairs],
-                      yerr=[statistics.stdev(v) if len(v) > 1 else 0.0 for v in by_pairs],
-                      marker="o", capsize=3, label=name)
-        mids = [(edges[b] + edges[b + 1]) / 2 for b in range(len(edges) - 1)]
-        ax_d.plot(mids, [statistics.mean(r["by_distance"][str(b)] for r in per_seed) for b in range(len(mids))],
-                  marker="o", label=name)
-    mids = [(edges[b] + edges[b + 1]) / 2 for b in range(len(edges) - 1)]
+    most, pairs = recall.MOST, recall.TASK.train_pairs
+    fig, (ax_w, ax_p, ax_c) = plt.subplots(1, 3, figsize=(15, 4.2))
+    colors = dict(zip((v.name for v in recall.LADDER), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    widths = [v.width for v in recall.LADDER]
+    shares = [right / asked for right, asked in (judged["pooled"][v.name] for v in recall.LADDER)]
+    bars = [[s - judged["intervals"][v.name][0] for s, v in zip(shares, recall.LADDER)],
+            [judged["intervals"][v.name][1] - s for s, v in zip(shares, recall.LADDER)]]
+    ax_w.errorbar(widths, shares, yerr=bars, marker="o", capsize=3, color="black", label="full attention")
+    for right, asked in ((r["beyond"]["right"], r["beyond"]["asked"]) for r in found["control"]["runs"]):
+        ax_w.plot([recall.MHA.width], [right / asked], marker="x", color="red", linestyle="none")
+    ax_w.plot([], [], marker="x", color="red", linestyle="none",
+              label=f"window {recall.WINDOW}, keys beyond its reach (per seed)")
+    ax_w.axhline(judged["floor"] + recall.MARGIN, color="grey", linestyle="--", label="recalls above this")
+    ax_w.set_xscale("log", base=2), ax_w.set_xticks(widths, [str(w) for w in widths])
+    ax_w.set_xlabel("key/value channels per position (n_kv × head_dim)")
+    ax_w.set_ylabel(f"accuracy at {most} pairs")
+    for v in recall.LADDER:
+        runs = found["runs"][v.name]
+        ax_p.plot(pairs, [sum(r["by_pairs"][str(p)][0] for r in runs) / sum(r["by_pairs"][str(p)][1] for r in runs)
+                          for p in pairs], marker="o", color=colors[v.name], label=v.name)
+        for i, r in enumerate(runs):
+            ax_c.plot(*zip(*r["curve"]), color=colors[v.name], alpha=0.7, label=v.name if i == 0 else None)
     for (name, baseline), color in zip(baselines.items(), ("grey", "black")):
+        ax_w.axhline(baseline["by_pairs"][str(most)], color=color, linestyle=":", label=f"no lookup: {name}")
         ax_p.plot(pairs, [baseline["by_pairs"][str(p)] for p in pairs], color=color, linestyle=":",
                   label=f"no lookup: {name}")
-        ax_d.plot(mids, [baseline["by_distance"][str(b)] for b in range(len(mids))], color=color, linestyle=":",
-                  label=f"no lookup: {name}")
-    for ax, label in ((ax_p, "key–value pairs"), (ax_d, f"key–query distance ({recall.MOST} pairs)")):
-        ax.set_xlabel(label), ax.set_ylabel("recall accuracy"), ax.grid(alpha=0.3)
-    ax_p.legend()
-    fig.suptitle(f"Associative recall, {PROBE.n_layer} layers × {PROBE.n_embd}, {PROBE.n_head} query heads, RoPE; "
-                 f"{len(budget.probe_seeds)} seeds")
+    ax_p.set_xticks(pairs), ax_p.set_xlabel("key–value pairs"), ax_p.set_ylabel("accuracy (evaluation stream)")
+    ax_c.axhline(recall.LEVEL, color="grey", linestyle=":"), ax_c.set_xlabel("optimizer step")
+    ax_c.set_ylabel(f"validation accuracy at {most} pairs")
+    for ax in (ax_w, ax_p, ax_c):
+        ax.set_ylim(-0.02, 1.02), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+    fig.suptitle(f"Associative recall (MQAR), {PROBE.n_layer} layers × {PROBE.n_embd}, RoPE; seeds pooled, "
+                 "each variant at its chosen learning rate")
     _save(fig, path)
 
 
@@ -85,25 +99,42 @@ def passkey_probe(budget: Budget, judged: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def copy_probe(found: dict[str, list[dict]], path: Path) -> None:
-    """Learning curves of every run, and seed-mean accuracy against evaluation length."""
+def copy_probe(found: dict, judged: dict, path: Path) -> None:
+    """Section 3.3–3.4's figure: steps to learn the copy against head_dim per encoding (each seed, censored runs
+    hollow, and the Kaplan–Meier median); RoPE + window's learning curves under the banded kernel and the dense
+    mask, seed for seed; seed-mean accuracy against evaluation length."""
     plt = _pyplot()
-    fig, (ax_c, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = dict(zip(found, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for name, per_seed in found.items():
-        for i, r in enumerate(per_seed):
-            ax_c.plot(*zip(*r["curve"]), color=colors[name], alpha=0.7, label=name if i == 0 else None)
-    ax_c.axhline(LEARNED, color="grey", linestyle=":"), ax_c.set_xlabel("optimizer step")
-    ax_c.set_ylabel("copy accuracy"), ax_c.grid(alpha=0.3), ax_c.legend(fontsize=8)
-    ax_c.set_title(f"Learning to copy (segment {copying.TASK.segment}, length {copying.TASK.length})")
-    for name in copying.LENGTH_VARIANTS:
-        points = [(f, [r["lengths"][str(f)] for r in found[name]]) for f in copying.LENGTH_FACTORS]
-        points = [(f, v) for f, v in points if all(isinstance(x, float) for x in v)]
-        ax_l.plot([f for f, _ in points], [statistics.mean(v) for _, v in points], marker="o", color=colors[name],
-                  label=name)
-    ax_l.set_xscale("log", base=2), ax_l.set_xlabel("evaluation length / training length")
-    ax_l.set_ylabel("copy accuracy"), ax_l.grid(alpha=0.3), ax_l.legend(fontsize=8)
-    ax_l.set_title("Length generalisation")
+    copy, res = found["copy"], judged["resolution"]
+    fig, (ax_s, ax_k, ax_l) = plt.subplots(1, 3, figsize=(16, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    encodings = {"learned": copying.LEARNED_AT, **{f"rope θ={b:g}": {hd: copying.ROPE_AT[hd, b] for hd in
+                                                                     copying.HEAD_DIMS} for b in copying.BASES}}
+    for offset, ((label, at), color) in enumerate(zip(encodings.items(), colors)):
+        shift = 2 ** ((offset - 1) / 12)  # the encodings side by side at each head_dim
+        points = [(hd * shift, step, reached) for hd, v in at.items() for step, reached in res["times"][v.name]]
+        x, y, reached = zip(*points)
+        ax_s.scatter(x, y, facecolors=[color if r else "none" for r in reached], edgecolors=color, s=18, label=label)
+        medians = [(hd * shift, res["medians"][v.name]) for hd, v in at.items() if res["medians"][v.name] is not None]
+        if medians:
+            ax_s.plot(*zip(*medians), color=color, marker="_", label=f"{label} (KM median)")
+    ax_s.set_xscale("log", base=2), ax_s.set_xticks(copying.HEAD_DIMS, [str(h) for h in copying.HEAD_DIMS])
+    ax_s.set_xlabel("head_dim (width 64: 64 / head_dim heads)"), ax_s.set_ylabel(f"steps to {LEARNED:.0%}")
+    ax_s.grid(alpha=0.3), ax_s.legend(fontsize=8), ax_s.set_title("Fixed-offset copy: resolution (hollow: censored)")
+    for (kernel, v), style in zip(copying.KERNELS.items(), ("-", "--")):
+        for i, r in enumerate(copy[v.name]):
+            ax_k.plot(*zip(*r["curve"]), color=colors[i % len(colors)], linestyle=style,
+                      label=kernel if i == 0 else None)
+    ax_k.axhline(LEARNED, color="grey", linestyle=":"), ax_k.set_xlabel("optimizer step")
+    ax_k.set_ylabel("copy accuracy"), ax_k.grid(alpha=0.3), ax_k.legend(fontsize=7)
+    ax_k.set_title("RoPE + window, head_dim 8: banded kernel (—) vs dense mask (--)")
+    for v, color in zip(copying.LENGTH_VARIANTS, colors):
+        points = [(f, [r["lengths"][str(f)] for r in copy[v.name]]) for f in copying.LENGTH_FACTORS]
+        points = [(f, x) for f, x in points if all(isinstance(a, float) for a in x)]
+        ax_l.plot([f for f, _ in points], [statistics.mean(x) for _, x in points], marker="o", color=color,
+                  label=v.name)
+    ax_l.set_xscale("log", base=2), ax_l.set_xticks(copying.LENGTH_FACTORS, [f"{f}×" for f in copying.LENGTH_FACTORS])
+    ax_l.set_xlabel("evaluation length / training length"), ax_l.set_ylabel("copy accuracy"), ax_l.grid(alpha=0.3)
+    ax_l.legend(fontsize=8), ax_l.set_title("Length generalisation")
     _save(fig, path)
 
 
@@ -117,4 +148,37 @@ def validation_loss(budget: Budget, found: dict, path: Path) -> None:
     ax.axhline(found["unigram"], color="grey", linestyle=":", label=f"unigram loss {found['unigram']:.2f}")
     ax.set_xlabel("optimizer step"), ax.set_ylabel("validation loss (nats/token)"), ax.grid(alpha=0.3), ax.legend()
     ax.set_title(f"Validation loss, {len(budget.seeds)} seeds per variant")
+    _save(fig, path)
+
+
+def windows_bind(found: dict, judged: dict, path: Path) -> None:
+    """Section 4.5: loss per position band and planted-fact retrieval against distance (seed means, 95% bootstrap
+    intervals over windows), each window's reach dashed in its colour; and validation loss against the 124M's KV
+    GiB at 32k, the recommended (non-dominated) variants filled."""
+    plt = _pyplot()
+    info, distances = found["variants"], found["distances"]
+    fig, (ax_t, ax_r, ax_p) = plt.subplots(1, 3, figsize=(15, 4.5))
+    colors = dict(zip(info, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for role, v in info.items():
+        bands = judged["bands"][role]
+        mids = [sum(map(int, band.split("-"))) / 2 for band in bands]
+        ax_t.plot(mids, [mean for mean, _ in bands.values()], marker="o", color=colors[role], label=v["label"])
+        gains = [judged["retrieval"][role][str(d)]["gain"] for d in distances]
+        errors = [[mean - low for mean, (low, _) in gains], [high - mean for mean, (_, high) in gains]]
+        ax_r.errorbar(distances, [mean for mean, _ in gains], yerr=errors, marker="o", capsize=3, color=colors[role],
+                      label=v["label"])
+        if v["reach"] is not None:
+            for ax in (ax_t, ax_r):
+                ax.axvline(v["reach"], color=colors[role], linestyle="--", alpha=0.5)
+        recommended = role in judged["recommended"]
+        ax_p.scatter(v["kv_gib"], statistics.mean(judged["finals"][role]), s=60, color=colors[role],
+                     facecolors=colors[role] if recommended else "none", label=v["label"])
+    ax_t.set_xscale("log", base=2), ax_t.set_xlabel("position (band middle; dashed: reach Σ(w−1))")
+    ax_t.set_ylabel("loss (nats/token)"), ax_t.grid(alpha=0.3), ax_t.legend(fontsize=8)
+    ax_t.set_title(f"Loss by position, block {found['block']}")
+    ax_r.axhline(0, color="grey", linestyle=":"), ax_r.set_xlabel("distance from the query back to B")
+    ax_r.set_ylabel("gain in log p(B) from the planted fact (nats)"), ax_r.grid(alpha=0.3)
+    ax_r.set_title("Planted-fact retrieval")
+    ax_p.set_xlabel("KV GiB, 124M at 32k × 32, bf16"), ax_p.set_ylabel("validation loss (seed mean)")
+    ax_p.grid(alpha=0.3), ax_p.set_title("Loss against cache (filled: recommended)")
     _save(fig, path)

@@ -4,9 +4,9 @@ Each task draws batches of `(inputs, targets)`, (B, T) int64 each, where a targe
 loss) wherever the answer is not determined by the sequence, so the loss and the accuracy measure exactly
 the ability the task is about:
 
-- `AssociativeRecall` (multi-query associative recall, as in the Zoology work): key–value pairs, then the
-  keys again in another order; each query's answer is its value. Recall has to store every pair in the
-  keys and values of attention — what grouped-query attention shrinks.
+- `AssociativeRecall` (multi-query associative recall, Zoology's MQAR): key–value pairs, then the keys again
+  in another order, each query's answer its value and never shown. Recall has to store every pair in the keys
+  and values of attention — what grouped-query attention shrinks.
 - `Passkey`: one passkey token in filler, then query tokens whose answer is the passkey; the distance from
   the passkey to a query is what a sliding window limits (L·(w−1) positions through L layers).
 - `RepeatedSegments`: segments of random tokens, each followed by a copy; predicting the copy needs an
@@ -47,18 +47,20 @@ def _distinct(batch: int, count: int, population: int, generator: torch.Generato
 
 @dataclasses.dataclass(frozen=True)
 class AssociativeRecall:
-    """v1 k1 … vN kN, then the N keys in a random order, each followed by its value (N = `pairs`).
+    """k1 v1 … kN vN, then the N keys again in a random order, each query's target its value (N = `pairs`): the
+    multi-query associative recall (MQAR) of Zoology (Arora et al. 2023, `zoology/data/multiquery_ar.py`), scaled
+    to CPU budgets — a small vocabulary, the queries back to back instead of spread over filler.
 
-    Each value comes before its key, so a layer can bind it to the key's position (a previous-token head) and
-    a later layer retrieve it by matching the query to the key — the store-and-look-up that attention's keys
-    and values do, which Zoology's key-first order makes harder to learn without changing what is stored.
-    Keys are tokens [0, n_keys), values [n_keys, n_keys + n_values); a sequence is 4N − 1 inputs long.
-    Targets are set at the queries only; `distances` gives, per query, how far back its key stood.
+    As in Zoology, an answer is never in the input: after a query comes the next query, not its value, so a model
+    that looks nothing up cannot narrow its guess by eliminating values already answered (the earlier probe showed
+    the answers, and its models learned that heuristic instead of recall). Keys are distinct tokens [0, n_keys);
+    values are drawn i.i.d. from [n_keys, n_keys + n_values) (one may repeat); a sequence is 3N inputs long.
+    `distances` gives, per query, how far back its key stood.
     """
 
     n_keys: int = 64
     n_values: int = 64
-    train_pairs: tuple[int, ...] = (4, 8, 16, 24, 32)
+    train_pairs: tuple[int, ...] = (4, 8, 16)
 
     @property
     def vocab_size(self) -> int:
@@ -66,7 +68,7 @@ class AssociativeRecall:
 
     @property
     def max_length(self) -> int:
-        return 4 * max(self.train_pairs) - 1
+        return 3 * max(self.train_pairs)
 
     def sample(self, batch: int, generator: torch.Generator,
                pairs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,13 +76,13 @@ class AssociativeRecall:
         keys = _distinct(batch, pairs, self.n_keys, generator)
         values = _random_tokens((batch, pairs), self.n_keys, self.vocab_size, generator)
         order = torch.rand(batch, pairs, generator=generator).argsort(dim=1)
-        seq = torch.empty(batch, 4 * pairs, dtype=torch.long)
-        seq[:, 0 : 2 * pairs : 2], seq[:, 1 : 2 * pairs : 2] = values, keys
-        seq[:, 2 * pairs :: 2], seq[:, 2 * pairs + 1 :: 2] = keys.gather(1, order), values.gather(1, order)
-        inputs, targets = seq[:, :-1], torch.full((batch, 4 * pairs - 1), IGNORE_INDEX)
-        targets[:, 2 * pairs :: 2] = seq[:, 2 * pairs + 1 :: 2]
-        query_at = 2 * pairs + 2 * torch.arange(pairs)
-        return inputs, targets, query_at - (2 * order + 1)
+        inputs = torch.empty(batch, 3 * pairs, dtype=torch.long)
+        inputs[:, 0 : 2 * pairs : 2], inputs[:, 1 : 2 * pairs : 2] = keys, values
+        inputs[:, 2 * pairs :] = keys.gather(1, order)
+        targets = torch.full_like(inputs, IGNORE_INDEX)
+        targets[:, 2 * pairs :] = values.gather(1, order)
+        query_at = 2 * pairs + torch.arange(pairs)
+        return inputs, targets, query_at - 2 * order
 
     def batch(self, batch: int, generator: torch.Generator) -> Batch:
         pairs = self.train_pairs[int(torch.randint(len(self.train_pairs), (), generator=generator))]
@@ -140,8 +142,23 @@ class Passkey:
         return inputs, targets
 
 
+class _SequenceTask:
+    """What the copy tasks share: sequences of `length` tokens over `vocab` ids (the fields of each dataclass)."""
+
+    length: int
+    vocab: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab
+
+    @property
+    def max_length(self) -> int:
+        return self.length
+
+
 @dataclasses.dataclass(frozen=True)
-class RepeatedSegments:
+class RepeatedSegments(_SequenceTask):
     """Segments of `segment` random tokens, each followed by its copy, `length` tokens in all.
 
     Targets are set where the next token is a copied one that an induction head can find: every token of
@@ -151,14 +168,6 @@ class RepeatedSegments:
     length: int = 64
     segment: int = 8
     vocab: int = 128
-
-    @property
-    def vocab_size(self) -> int:
-        return self.vocab
-
-    @property
-    def max_length(self) -> int:
-        return self.length
 
     def sample(self, batch: int, generator: torch.Generator, length: int) -> Batch:
         period = 2 * self.segment
@@ -172,6 +181,43 @@ class RepeatedSegments:
 
     def batch(self, batch: int, generator: torch.Generator) -> Batch:
         return self.sample(batch, generator, self.length)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomOffsetInduction(_SequenceTask):
+    """`length` tokens, all distinct within a sequence but for one segment of `segment` tokens copied from a random
+    earlier place to a random later one: the copy's distance differs from sequence to sequence.
+
+    Targets are set inside the copy, at every input but its last: the next token is the one that followed the
+    current token's only earlier occurrence. No fixed offset finds it; an induction head (Olsson et al. 2022) does,
+    by content: match the current token to where it occurred before and read what came next.
+    """
+
+    length: int = 64
+    segment: int = 20
+    vocab: int = 128
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.segment <= self.length // 2 or self.vocab <= self.length:
+            raise UsageError(f"RandomOffsetInduction needs 2 <= segment <= length / 2 and vocab > length, got "
+                             f"segment={self.segment}, length={self.length}, vocab={self.vocab}")
+
+    def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs, targets, distances): distances (batch,), how far back each sequence's copy sits."""
+        s, n = self.segment, self.length
+        seq = _distinct(batch, n + 1, self.vocab, generator)  # n inputs and the token after the last
+        source = (torch.rand(batch, generator=generator) * (n - 2 * s + 1)).long()  # in [0, n - 2s]
+        copy = source + s + (torch.rand(batch, generator=generator) * (n - 2 * s - source + 1)).long()  # ≤ n - s
+        within = torch.arange(s)
+        rows = torch.arange(batch)[:, None]
+        seq[rows, copy[:, None] + within] = seq[rows, source[:, None] + within]
+        inputs, targets = seq[:, :-1].clone(), torch.full((batch, n), IGNORE_INDEX)
+        scored = copy[:, None] + within[:-1]  # the copy's inputs but its last, whose next token is fresh
+        targets[rows, scored] = seq[rows, scored + 1]
+        return inputs, targets, copy - source
+
+    def batch(self, batch: int, generator: torch.Generator) -> Batch:
+        return self.sample(batch, generator)[:2]
 
 
 class _Batches(IterableDataset):
@@ -207,18 +253,41 @@ class ProbeModel:
     n_embd: int = 64
     batch_size: int = 32
     learning_rate: float = 3e-3
+    init: str = "gpt2"  # "gpt2": the library's own initialisation; "pytorch": see `pytorch_initialised`
 
     def config(self, task, **fields) -> GPTConfig:
         return GPTConfig(vocab_size=task.vocab_size, block_size=task.max_length, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, **fields)
 
 
+def pytorch_initialised(model: GPT) -> GPT:
+    """`model` with its output layer untied from the token embedding and every layer initialised as PyTorch
+    initialises it by default (embeddings N(0, 1), linear layers uniform in ±1/sqrt(fan_in)), as Zoology's models
+    are. Why: from GPT-2's N(0, 0.02) with the tied head, the 2-layer probe model stayed at the no-lookup baseline
+    of associative recall for 3,000 steps even at 2 pairs (a pilot of section 3.1, every learning rate from 1e-3 to
+    3e-2); with either change alone it was still at or near it after 700 steps; with both it learned 4 pairs in 200–300
+    steps. A lookup composes two attention layers, and from GPT-2's small tied start that composition forms later
+    than a CPU budget reaches."""
+    model.lm_head.weight = torch.nn.Parameter(model.transformer.wte.weight.detach().clone())
+    for layer in model.modules():
+        if hasattr(layer, "reset_parameters"):  # Linear, Embedding, LayerNorm
+            layer.reset_parameters()
+    return model
+
+
 EVAL_SEED_OFFSET = 10_000  # evaluation batches come from seed + this: never a training batch
+VALIDATION_SEED_OFFSET = 20_000  # validation batches (choosing a learning rate, stopping early): seed + this
 
 
 def eval_generator(seed: int) -> torch.Generator:
     """The stream a run's evaluation sequences come from: not one a training run with a small seed draws from."""
     return torch.Generator().manual_seed(EVAL_SEED_OFFSET + seed)
+
+
+def validation_generator(seed: int) -> torch.Generator:
+    """The stream a run's validation sequences come from: neither a training nor an evaluation stream, so a choice
+    made on it (a learning rate, when to stop) is judged on sequences it never saw."""
+    return torch.Generator().manual_seed(VALIDATION_SEED_OFFSET + seed)
 
 
 @torch.no_grad()
@@ -233,23 +302,33 @@ def accuracy(model: GPT, inputs: torch.Tensor, targets: torch.Tensor) -> torch.T
 
 
 class AccuracyCurve(L.Callback):
-    """Accuracy on a fixed evaluation batch every `every` optimizer steps, during training."""
+    """Accuracy on a fixed evaluation batch every `every` optimizer steps, during training; with `stop_at`, training
+    stops once the accuracy has stayed at or above it for `hold` evaluations in a row (converged: more steps would
+    only spend the budget)."""
 
-    def __init__(self, batch: Batch, every: int) -> None:
-        self.batch, self.every, self.points = batch, every, []
+    def __init__(self, batch: Batch, every: int, stop_at: float | None = None, hold: int = 2) -> None:
+        self.batch, self.every, self.stop_at, self.hold, self.points = batch, every, stop_at, hold, []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every == 0:
             self.points.append((trainer.global_step, accuracy(module.model, *self.batch).float().mean().item()))
+            recent = self.points[-self.hold:]
+            if self.stop_at is not None and len(recent) == self.hold and all(a >= self.stop_at for _, a in recent):
+                trainer.should_stop = True
 
 
 def train_probe(
     task, config: GPTConfig, probe: ProbeModel, steps: int, seed: int, callbacks: list[L.Callback] = ()
 ) -> GPT:
-    """Train a freshly initialised model (seed `seed`) on `task` for `steps` optimizer steps."""
+    """Train a freshly initialised model (seed `seed`, initialised as `probe.init` says) on `task` for `steps`
+    optimizer steps (fewer when a callback stops it)."""
+    if probe.init not in ("gpt2", "pytorch"):
+        raise UsageError(f"ProbeModel.init must be 'gpt2' or 'pytorch', got {probe.init!r}")
     torch.manual_seed(seed)
     module = GPT2LightningModule(config, learning_rate=probe.learning_rate, min_learning_rate=probe.learning_rate / 10,
                                  warmup_steps=max(1, steps // 20), weight_decay=0.0)
+    if probe.init == "pytorch":
+        pytorch_initialised(module.model)
     train_quietly(module, ProbeData(task, probe.batch_size, seed), steps, callbacks=list(callbacks))
     return module.model.eval()
 
@@ -257,3 +336,10 @@ def train_probe(
 def steps_to(curve: list[tuple[int, float]], level: float) -> int | None:
     """The first step whose accuracy reached `level` (None: never, within the run)."""
     return next((step for step, acc in curve if acc >= level), None)
+
+
+def time_to(curve: list[tuple[int, float]], level: float) -> tuple[int, bool]:
+    """(steps, reached): the first step at `level`, or the last evaluated step with reached False — a censored
+    time (the run went that long without reaching it), never a finish."""
+    step = steps_to(curve, level)
+    return (step, True) if step is not None else (curve[-1][0], False)

@@ -76,6 +76,7 @@ class RunCache:
         self.reused = 0
         self.reused_seconds = 0.0
         self.measured = 0
+        self._served: set[str] = set()  # keys this call has already counted: a second read counts as nothing
 
     def run(self, key: str, spec: dict, compute: Callable[[], dict], weights: Path | None = None) -> dict:
         """The measurements of run `key`: reused from `<directory>/<key>.json` when valid (see the module's
@@ -88,8 +89,10 @@ class RunCache:
             same_weights = weights is None or (_weights_sha256(weights) or "missing") == saved.get("weights_sha256")
             if (same_weights and saved.get("spec") == spec and saved.get("code") == code
                     and saved.get("numbers_sha256") == _numbers_sha256(saved["result"])):
-                self.reused += 1
-                self.reused_seconds += saved.get("seconds", 0.0)
+                if key not in self._served:  # reused from an earlier call, not read again by this one
+                    self.reused += 1
+                    self.reused_seconds += saved.get("seconds", 0.0)
+                    self._served.add(key)
                 return saved["result"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
             pass  # missing, damaged or not ours: measure again
@@ -100,4 +103,5 @@ class RunCache:
                  "seconds": time.perf_counter() - started}
         write_atomically(path, lambda tmp: tmp.write_text(json.dumps(saved)))
         self.measured += 1
+        self._served.add(key)
         return result

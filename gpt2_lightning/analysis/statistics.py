@@ -172,6 +172,15 @@ def tost(comparison: Comparison, margin: float) -> float | None:
     return max(below, above)
 
 
+def noninferiority(comparison: Comparison, margin: float) -> float | None:
+    """The one-sided p-value that the difference lies below +margin (H0: difference >= margin), for "a is no worse
+    than b" where a higher value is worse (e.g. steps to learn): below ALPHA, a is shown worse by less than `margin`,
+    or better. None when the comparison is untestable."""
+    if comparison.se is None:
+        return None
+    return float(_t().cdf((comparison.diff - margin) / comparison.se, comparison.df))
+
+
 def minimum_detectable_effect(n: int, sd: float, alpha: float = ALPHA, power: float = 0.8,
                               design: Literal["two-sample", "paired"] = "two-sample") -> float:
     """The smallest true difference a two-sided t-test at `alpha` detects with probability `power`: two groups of
@@ -194,6 +203,16 @@ def minimum_detectable_effect(n: int, sd: float, alpha: float = ALPHA, power: fl
     return float(optimize.brentq(shortfall, 1e-9 * scale, 40 * scale))  # noncentrality 40: power ~1 at df >= 1
 
 
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float | None]:
+    """(mean, half-width of its t-interval) of repeated measurements, e.g. timings; the half-width is None with
+    fewer than two."""
+    data = np.asarray(values, dtype=float)
+    if data.size < 2:
+        return float(data.mean()), None
+    half = float(_t().ppf(0.5 + confidence / 2, data.size - 1)) * float(data.std(ddof=1)) / data.size**0.5
+    return float(data.mean()), half
+
+
 # ---- bootstrap over documents ---------------------------------------------------------------------------------
 
 
@@ -208,6 +227,22 @@ def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, resamples: i
     means = data[rng.integers(0, data.size, (resamples, data.size))].mean(axis=1)
     low, high = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
     return float(low), float(high)
+
+
+# ---- proportions ----------------------------------------------------------------------------------------------
+
+
+def wilson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval of a binomial proportion (e.g. queries answered right out of those asked): unlike the
+    normal approximation p ± z·sqrt(p(1 − p)/n) it stays inside [0, 1] and keeps a width at 0 or n successes, where
+    a probe's accuracy often sits."""
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials > 0, got {successes} of {trials}")
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    p, n = successes / trials, trials
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
 
 
 # ---- censored times: Kaplan–Meier and the log-rank test -------------------------------------------------------

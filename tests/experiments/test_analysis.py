@@ -4,8 +4,12 @@ test_statistics.py; the run cache: test_run_cache.py.)"""
 
 import re
 
-from gpt2_lightning.analysis.sections import copying, lm_quality, recall
+import pytest
+
+from gpt2_lightning.analysis import analyze
+from gpt2_lightning.analysis.sections import lm_quality
 from gpt2_lightning.cli import main
+from gpt2_lightning.errors import UsageError
 
 SECTIONS = ["Size and compute", "Measured speed and memory", "Probes: each mechanism in isolation",
             "Language-model quality", "Challenges", "Verdict", "At GPU scale"]
@@ -30,13 +34,18 @@ def test_analyze_tiny_writes_every_section_with_expectation_and_result(tmp_path,
     assert not re.search(r"p = 0(?![.\d])", doc)  # no p = 0: a bound ("p < 0.0001") or "cannot test"
     assert "| learned, MHA, full | 124,439,808 |" in doc
     # learned positions refuse past block_size, in the probe and on text; RoPE runs
-    assert re.search(r"\| baseline \| \d\.\d+ ± \d\.\d+ \| refused: \*a sequence of 128 tokens is longer", doc)
-    assert re.search(r"\| rope \|" + r" \d\.\d+ ± \d\.\d+ \|" * 4, doc)
+    assert re.search(r"\| learned, head_dim 8 \| \d\.\d+ ± \d\.\d+ \| refused: \*a sequence of 128 tokens is "
+                     r"longer", doc)
+    assert re.search(r"\| rope θ=10000, head_dim 8 \|" + r" \d\.\d+ ± \d\.\d+ \|" * 4, doc)
     for name in ("baseline", "rope", "gqa2", "window", "rope+gqa2+window"):
         assert re.search(rf"\| {re.escape(name)} \| \d+\.\d+ ± \d+\.\d+ \|", doc), name
-    assert "unigram loss" in doc and "mha_to_gqa(baseline, 2), no training" in doc
+    assert "unigram loss" in doc
+    # the GQA ladder (tiny: 4 heads, so n_kv 2 and 1, as is and widened) and uptraining's arms at every α
+    for rung in ("baseline", "gqa2", "gqa2+mlp", "mqa", "mqa+mlp"):
+        assert re.search(rf"\| {re.escape(rung)} \| \d \| \d+ \| [\d,]+ \([+-][\d,]+\) \|", doc), rung
+    assert re.search(r"\| converted, first head \| \d\.\d+ ± \d\.\d+ \|( \d\.\d+ ± \d\.\d+ \|){4}", doc)
     # 8 copy steps never reach 90%: censored ("≥ 8"), not counted as finishing at step 8
-    assert re.search(r"\| baseline \| ≥ 8, ≥ 8 \| not reached \|", doc)
+    assert re.search(r"\| learned, head_dim 8 \| 8 \| — \| — \| ≥ 8 \| not reached \| — \|", doc)
     # a second call reuses every run it measured (no training: the same numbers), and says so
     main(["analyze", "--budget", "tiny", "--out", str(tmp_path / "again"), "--runs", str(tmp_path / "runs")])
     again = (tmp_path / "again" / "analysis.md").read_text()
@@ -46,7 +55,8 @@ def test_analyze_tiny_writes_every_section_with_expectation_and_result(tmp_path,
 
 
 def _lm_findings(finals: dict[str, list[float]]) -> dict:
-    return {"finals": finals, "unigram": 6.0, "tokens_per_sec": {n: [1000.0] * len(v) for n, v in finals.items()}}
+    return {"finals": finals, "unigram": 6.0, "tokens_per_sec": {n: [1000.0] * len(v) for n, v in finals.items()},
+            "flops_per_token": {n: 1e6 for n in finals}}
 
 
 def test_lm_verdicts_are_paired_holm_adjusted_and_inconclusive_when_the_data_cannot_decide():
@@ -71,31 +81,11 @@ def test_lm_verdict_without_variance_is_inconclusive_never_p_zero():
     assert "no variance: cannot test" in str(judged["comparisons"]["rope"])
 
 
-def _recall_findings(accuracies: dict[str, list[float]]) -> dict:
-    return {name: [{"by_pairs": {str(recall.MOST): a}} for a in values] for name, values in accuracies.items()}
-
-
-def test_recall_verdict_is_inconclusive_while_mha_has_not_learned_the_task():
-    falling = {"MHA": [0.95, 0.97, 0.96], "GQA-4": [0.90, 0.93, 0.91], "GQA-2": [0.70, 0.74, 0.71],
-               "MQA": [0.40, 0.45, 0.41]}
-    assert recall.judge(_recall_findings(falling))["verdict"] == "held"
-    unlearned = {name: [a - 0.5 for a in values] for name, values in falling.items()}
-    assert recall.judge(_recall_findings(unlearned))["verdict"] == "inconclusive"
-
-
-def _copy_run(reached_at: int | None, steps: int = 300) -> dict:
-    curve = [(s, 1.0 if reached_at is not None and s >= reached_at else 0.5) for s in range(10, steps + 1, 10)]
-    return {"curve": curve, "lengths": {}}
-
-
-def test_copy_runs_that_never_learned_are_censored_and_cannot_make_a_variant_look_fast():
-    """Counting a censored run as finishing at 300 would give 'baseline' a mean of 300 and RoPE a 'significant' lead;
-    censored, the baseline has no median and the log-rank test decides from who reached the level and when."""
-    found = {name: [_copy_run(None)] * 3 for name in copying.VARIANTS}
-    found["rope"] = [_copy_run(None)] * 3
-    judged = copying.judge_copying(found)
-    assert judged["times"]["baseline"] == [(300, False)] * 3 and judged["medians"]["baseline"] is None
-    assert judged["verdict"] == "inconclusive" and not judged["tests"]["rope"].testable
-    found["rope"] = [_copy_run(50), _copy_run(60), _copy_run(70)]
-    judged = copying.judge_copying(found)
-    assert judged["medians"]["rope"] == 60 and judged["tests"]["rope"].diff < 0
+def test_sections_measure_a_subset_into_the_cache_and_write_no_document(tmp_path, capsys):
+    """`--sections`: a medium analysis measured section by section; unknown names refused in one line."""
+    main(["analyze", "--budget", "tiny", "--out", str(tmp_path / "docs"), "--runs", str(tmp_path / "runs"),
+          "--sections", "[size]"])
+    assert "measured size into" in capsys.readouterr().out
+    assert not (tmp_path / "docs" / "analysis.md").exists()
+    with pytest.raises(UsageError, match="unknown section.*copies.*choose from size, speed"):
+        analyze("tiny", tmp_path / "docs", tmp_path / "runs", ["size", "copies"])

@@ -18,17 +18,18 @@ from gpt2_lightning.lm_loss import IGNORE_INDEX
 def test_associative_recall_targets_are_the_values_bound_to_the_queried_keys():
     task = AssociativeRecall(n_keys=16, n_values=16)
     inputs, targets, distances = task.sample(8, torch.Generator().manual_seed(0), pairs=6)
-    assert inputs.shape == targets.shape == (8, 4 * 6 - 1) and distances.shape == (8, 6)
+    assert inputs.shape == targets.shape == (8, 3 * 6) and distances.shape == (8, 6)
     for row in range(8):
         queries = (targets[row] != IGNORE_INDEX).nonzero().flatten().tolist()
-        assert len(queries) == 6
+        assert queries == list(range(12, 18))  # the keys again, back to back after the pairs
         for j, q in enumerate(queries):
             key = int(inputs[row, q])
             assert key < task.n_keys
-            at = inputs[row, :12].tolist().index(key)  # the pair's key; its value stands just before it
-            assert at % 2 == 1 and targets[row, q] == inputs[row, at - 1] >= task.n_keys
+            at = inputs[row, :12].tolist().index(key)  # the pair's key; its value stands just after it
+            assert at % 2 == 0 and targets[row, q] == inputs[row, at + 1] >= task.n_keys
             assert distances[row, j] == q - at
-        assert len(set(inputs[row, 1:12:2].tolist())) == 6  # distinct keys: one right answer per query
+        assert len(set(inputs[row, 0:12:2].tolist())) == 6  # distinct keys: one right answer per query
+        assert (inputs[row, 12:] < task.n_keys).all()  # Zoology's MQAR: no answer is ever shown
 
 
 def test_passkey_queries_answer_the_passkey_at_the_stated_distance():

@@ -20,7 +20,7 @@ SAMPLE_TOKENS = 40
 
 
 @torch.no_grad()
-def _answer_scores(model: GPT, inputs: torch.Tensor, answers: torch.Tensor) -> tuple[float, list[float]]:
+def answer_scores(model: GPT, inputs: torch.Tensor, answers: torch.Tensor) -> tuple[float, list[float]]:
     """(top-1 accuracy, each passage's log-probability in nats) of each passage's answer as the next token."""
     logp = F.log_softmax(model(inputs)[:, -1].float(), dim=-1)
     return (logp.argmax(-1) == answers).float().mean().item(), logp.gather(1, answers[:, None])[:, 0].tolist()
@@ -48,8 +48,8 @@ def measure(budget: Budget, results: dict[str, list[dict]], data: CompactData, v
         scores[name] = []
         for r in per_seed:
             model = load(r["weights"]).eval()
-            (full_top1, full), (local_top1, local) = (_answer_scores(model, inputs, answers),
-                                                      _answer_scores(model, inputs[:, -LOCAL_CONTEXT:], answers))
+            (full_top1, full), (local_top1, local) = (answer_scores(model, inputs, answers),
+                                                      answer_scores(model, inputs[:, -LOCAL_CONTEXT:], answers))
             scores[name].append({"full_top1": full_top1, "local_top1": local_top1,
                                  "full_logp": float(np.mean(full)), "local_logp": float(np.mean(local)),
                                  "gains": [f - lo for f, lo in zip(full, local)]})

@@ -42,7 +42,7 @@ def _bands(T: int) -> list[tuple[int, int]]:
     return bands
 
 
-def _held_out(budget: Budget) -> tuple[torch.Tensor, torch.Tensor]:
+def held_out(budget: Budget) -> tuple[torch.Tensor, torch.Tensor]:
     """WINDOWS held-out windows of FACTOR × block_size tokens (compact ids), the same for every model."""
     data = lm_data(budget, budget.seeds[0], FACTOR * budget.block_size)
     xs, ys = [], []
@@ -74,7 +74,7 @@ def measure(budget: Budget, results: dict[str, list[dict]]) -> dict:
     {distance: [gain per window]}}} for seed 1 of each variant: RoPE variants raw and scaled out to FACTOR ×
     block_size; learned-position variants within their block_size."""
     T = budget.block_size
-    inputs, targets = _held_out(budget)
+    inputs, targets = held_out(budget)
     bands = _bands(T)
     curves, control = {}, {}
     for name, per_seed in results.items():

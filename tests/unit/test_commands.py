@@ -92,9 +92,10 @@ def test_a_smoke_analysis_writes_under_runs_and_leaves_the_repositorys_docs_alon
     from gpt2_lightning import analysis
 
     written = []
-    monkeypatch.setattr(analysis, "analyze", lambda budget, out, runs: written.append((budget, out, runs)) or out)
+    monkeypatch.setattr(analysis, "analyze",
+                        lambda budget, out, runs, sections: written.append((budget, out, runs, sections)) or out)
     main(["analyze", "--budget", "tiny", "--runs", str(tmp_path / "runs")])
-    assert written == [("tiny", str(tmp_path / "runs" / "tiny" / "report"), str(tmp_path / "runs"))]
+    assert written == [("tiny", str(tmp_path / "runs" / "tiny" / "report"), str(tmp_path / "runs"), None)]
     main(["analyze", "--budget", "small", "--out", "docs", "--runs", str(tmp_path / "runs")])  # only when asked
     assert written[-1][1] == "docs"
 

@@ -2,11 +2,17 @@
 inconclusive where the data cannot decide, censored runs never counted as finished. (The statistics themselves:
 test_statistics.py; the run cache: test_run_cache.py.)"""
 
+import contextlib
+import inspect
 import re
 
 import pytest
 
+import gpt2_lightning.analysis.plots
+import gpt2_lightning.analysis.report
+import gpt2_lightning.analysis.statistics
 from gpt2_lightning.analysis import analyze
+from gpt2_lightning.analysis.run_cache import RENDERING, RunCache
 from gpt2_lightning.analysis.sections import lm_quality
 from gpt2_lightning.cli import main
 from gpt2_lightning.errors import UsageError
@@ -15,7 +21,46 @@ SECTIONS = ["Size and compute", "Measured speed and memory", "Probes: each mecha
             "Language-model quality", "Challenges", "Verdict", "At GPU scale"]
 
 
-def test_analyze_tiny_writes_every_section_with_expectation_and_result(tmp_path, capsys):
+def _refused(*args, **kwargs):
+    raise AssertionError("a cached run's measurement called a renderer, which the run cache's code key leaves out")
+
+
+@contextlib.contextmanager
+def renderers_refused():
+    """Every function of the renderers (statistics, report, plots) raises while inside: its code object is swapped,
+    so that names a section imported with `from … import` are fenced too."""
+    modules = (gpt2_lightning.analysis.statistics, gpt2_lightning.analysis.report, gpt2_lightning.analysis.plots)
+    swapped = {fn: fn.__code__ for m in modules for fn in vars(m).values()
+               if inspect.isfunction(fn) and fn.__module__ == m.__name__ and not fn.__closure__}
+    try:
+        for fn in swapped:
+            fn.__code__ = _refused.__code__
+        yield
+    finally:
+        for fn, code in swapped.items():
+            fn.__code__ = code
+
+
+def test_the_fence_covers_every_renderer_the_code_key_leaves_out():
+    assert {"analysis/statistics.py", "analysis/report.py", "analysis/plots.py", "analysis/run.py"} == RENDERING
+    with renderers_refused(), pytest.raises(AssertionError, match="called a renderer"):
+        gpt2_lightning.analysis.statistics.holm([0.01, 0.02])
+    assert gpt2_lightning.analysis.statistics.holm([0.01]) == [0.01]
+
+
+def test_analyze_tiny_writes_every_section_with_expectation_and_result(tmp_path, capsys, monkeypatch):
+    # a cached run is reused while the renderers change (they are not in its code key): its measurement must not
+    # call one, or an edit to a statistic would leave stale numbers in the cache
+    measure = RunCache.run
+
+    def fenced(self, key, spec, compute, weights=None):
+        def guarded():
+            with renderers_refused():
+                return compute()
+        guarded.__module__ = getattr(compute, "__module__", None)
+        return measure(self, key, spec, guarded, weights)
+
+    monkeypatch.setattr(RunCache, "run", fenced)
     main(["analyze", "--budget", "tiny", "--out", str(tmp_path / "docs"), "--runs", str(tmp_path / "runs")])
     doc = (tmp_path / "docs" / "analysis.md").read_text()
     for n, title in enumerate(SECTIONS, 1):

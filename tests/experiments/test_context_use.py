@@ -4,7 +4,7 @@ exactly where a model cannot see the replaced text."""
 import numpy as np
 import torch
 
-from gpt2_lightning.analysis.sections import context_use
+from gpt2_lightning.analysis.held_out_text import per_position_loss, shuffled_prefix_gain
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.model import GPT
 
@@ -24,7 +24,7 @@ def windows(n=6):
 
 def test_per_position_losses_average_to_the_training_loss():
     m, (x, y) = model(None), windows()
-    losses = context_use.per_position_loss(m, x, y)
+    losses = per_position_loss(m, x, y)
     assert losses.shape == (6, T)
     with torch.no_grad():
         assert np.isclose(losses.mean(), m.loss(x, y).item(), atol=1e-5)
@@ -34,7 +34,7 @@ def test_the_control_reads_zero_beyond_a_models_reach_and_more_than_zero_within_
     """Window 3 over 2 layers reaches 4 tokens back: replacing text more than 4 (the least kept, T/8) before the
     scored tail cannot change a loss; full attention sees it."""
     x, y = windows()
-    local = context_use._shuffled_prefix_gain(model(3), x, y, T)
+    local = shuffled_prefix_gain(model(3), x, y, T)
     assert all(np.abs(gains).max() < 1e-5 for gains in map(np.array, local.values()))
-    full = context_use._shuffled_prefix_gain(model(None), x, y, T)
+    full = shuffled_prefix_gain(model(None), x, y, T)
     assert all(np.abs(gains).max() > 1e-4 for gains in map(np.array, full.values()))

@@ -4,8 +4,9 @@ reach of per-layer windows, the KV GiB of the Pareto table, and each budget's di
 import pytest
 import torch
 
+from gpt2_lightning.analysis import held_out_text
 from gpt2_lightning.analysis.budgets import BUDGETS
-from gpt2_lightning.analysis.sections import context_use, windows
+from gpt2_lightning.analysis.sections import windows
 from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.model import GPT
 
@@ -111,7 +112,7 @@ def test_kv_gib_is_the_library_formula_for_the_124m_shape_with_the_windows_scale
 def test_each_budget_places_its_facts_and_control_around_its_reaches(name):
     """The distances fall inside every window's reach, between the two uniform windows' and beyond both; the
     growing schedule has the small window's reach; the control's shortest kept text (T/8) lies beyond the small
-    window's reach and its longest (T/2) beyond the large one's; the held-out windows are exactly the block."""
+    window's reach and its longest (T/2) beyond the large one's."""
     budget = BUDGETS[name]
     T, table = budget.windows_block, windows.variants(budget)
     small, large = (windows.reach(GPTConfig(n_layer=budget.n_layer, sliding_window=table[r]).layer_windows)
@@ -119,5 +120,4 @@ def test_each_budget_places_its_facts_and_control_around_its_reaches(name):
     near, between, far = windows.fact_distances(T, (small, large))
     assert near + 1 <= small < between and between + 1 <= large < far <= T - 2  # A, d + 1 back, within or not
     assert windows.reach(windows.growing(budget.windows_sizes[0], budget.n_layer)) == small
-    assert small < T * min(context_use.DISTANCES) and large < T * max(context_use.DISTANCES)
-    assert T % context_use.FACTOR == 0
+    assert small < T * min(held_out_text.DISTANCES) and large < T * max(held_out_text.DISTANCES)

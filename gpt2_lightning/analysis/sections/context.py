@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gpt2_lightning.analysis.budgets import Budget
 from gpt2_lightning.analysis.english import CompactData, last_word_passages
+from gpt2_lightning.analysis.held_out_text import answer_scores
 from gpt2_lightning.analysis.statistics import bootstrap_ci, holm, paired, verdict
 from gpt2_lightning.checkpoints import load
 from gpt2_lightning.generate import Sampling, sample_next_token
@@ -17,13 +17,6 @@ from gpt2_lightning.model import GPT
 LOCAL_CONTEXT = 8  # the control: the same passages cut to their last few tokens
 PROMPTS = ("The President said that", "Call me Ishmael. The sea", "In the coming year, the Congress")
 SAMPLE_TOKENS = 40
-
-
-@torch.no_grad()
-def answer_scores(model: GPT, inputs: torch.Tensor, answers: torch.Tensor) -> tuple[float, list[float]]:
-    """(top-1 accuracy, each passage's log-probability in nats) of each passage's answer as the next token."""
-    logp = F.log_softmax(model(inputs)[:, -1].float(), dim=-1)
-    return (logp.argmax(-1) == answers).float().mean().item(), logp.gather(1, answers[:, None])[:, 0].tolist()
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ local:global hybrid of the small window (every layer local but the last), and wi
 equals the small uniform window's — the same KV cache and the same reach Σ(w − 1), distributed differently
 (Longformer's comparison, a fixed window of the average size). Each run trains through `lm_runs.train_lm` (cached
 with its weights), and its weights are then measured: the per-position loss and the shuffled-prefix control of 4.3
-(`context_use`) on held-out windows, and the retrieval of a fact planted in those windows at distances inside and
+(`held_out_text`) on held-out windows, and the retrieval of a fact planted in those windows at distances inside and
 beyond the reaches (a rare pair "A B" planted, "A" asked again at the end: the gain in log p(B) over the same window
 with "A′ B" planted instead, where B is as visible but not A's). The findings end in a Pareto table — validation
 loss, KV GiB at 32k × batch 32 for the 124M shape, training tokens/s — whose recommendation is the non-dominated set,
@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from gpt2_lightning.analysis.budgets import Budget
+from gpt2_lightning.analysis.held_out_text import answer_scores, held_out, per_position_loss, shuffled_prefix_gain
 from gpt2_lightning.analysis.lm_runs import lm_config, lm_spec, train_lm
 from gpt2_lightning.analysis.run_cache import RunCache
-from gpt2_lightning.analysis.sections import context_use
-from gpt2_lightning.analysis.sections.context import answer_scores
 from gpt2_lightning.analysis.sections.lm_quality import MARGIN
 from gpt2_lightning.analysis.statistics import ALPHA, Comparison, bootstrap_ci, holm, paired, verdict
 from gpt2_lightning.checkpoints import load
@@ -148,10 +147,8 @@ def plant_facts(inputs: torch.Tensor, distances: Sequence[int], vocab_size: int,
 
 
 def _held_out(bind: Budget, distances: list[int]) -> HeldOut:
-    """Section 4.3's held-out windows (`context_use.held_out`, the same text for every model) at the bound block
-    — it reads windows of FACTOR × block_size, so it is asked at block_size / FACTOR — with the facts planted."""
-    inputs, targets = context_use.held_out(
-        dataclasses.replace(bind, block_size=bind.block_size // context_use.FACTOR))
+    """The held-out windows of section 4.3 (`held_out_text.held_out`) at the bound block, with the facts planted."""
+    inputs, targets = held_out(bind, bind.block_size)
     planted, decoys, answers = plant_facts(inputs, distances, bind.vocab_size, torch.Generator().manual_seed(0))
     return HeldOut(inputs, targets, distances, planted, decoys, answers)
 
@@ -181,14 +178,14 @@ def evaluate(model: GPT, text: HeldOut) -> dict:
     distance (section 4.3), and per planted distance the gain in log p(B) of the fact over its decoy, with the
     top-1 rate of B after the fact."""
     T = text.inputs.size(1)
-    losses = context_use.per_position_loss(model, text.inputs, text.targets)
+    losses = per_position_loss(model, text.inputs, text.targets)
     retrieval = {}
     for d, planted, decoys in zip(text.distances, text.planted, text.decoys):
         top1, logp = answer_scores(model, planted, text.answers)
         _, decoy = answer_scores(model, decoys, text.answers)
         retrieval[str(d)] = {"top1": top1, "gains": [p - q for p, q in zip(logp, decoy)]}
     return {"bands": {f"{a}-{b}": losses[:, a:b].mean(axis=1).tolist() for a, b in position_bands(T)},
-            "control": context_use._shuffled_prefix_gain(model, text.inputs, text.targets, T),
+            "control": shuffled_prefix_gain(model, text.inputs, text.targets, T),
             "retrieval": retrieval}
 
 

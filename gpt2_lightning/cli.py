@@ -229,7 +229,7 @@ def convert(*, checkpoint: str, out: str, n_kv_head: int | None = None) -> None:
 
 
 def analyze(*, budget: Literal["tiny", "small", "medium"] = "small", out: str | None = None,
-            runs: str = "runs/analysis", sections: list[str] | None = None) -> None:
+            runs: str = "runs/analysis", sections: str | None = None) -> None:
     """Measure, probe and train every attention variant; write analysis.md and its plots.
 
     Args:
@@ -238,14 +238,16 @@ def analyze(*, budget: Literal["tiny", "small", "medium"] = "small", out: str | 
             rewritten only when asked for: --out docs.
         runs: where each run's measurements and weights go (under <runs>/<budget>/; an interrupted analysis reuses
             the runs it finished).
-        sections: measure only these (size, speed, recall, passkey, copy, lm, ladder, uptraining, windows) into the
-            run cache, writing no document; a later call without --sections reuses them and writes it.
+        sections: measure only these, comma-separated (of size, speed, recall, passkey, copy, lm, ladder, uptraining,
+            windows), into the run cache, writing no document; a later call without --sections reuses them and
+            writes it.
     """
     from gpt2_lightning.analysis import analyze as run_analysis  # needs the `analysis` extra (matplotlib, scipy)
 
     report = out if out is not None else str(Path(runs) / budget / "report")
-    written = run_analysis(budget, report, runs, sections)
-    print(f"wrote {written}" if written else f"measured {', '.join(sections)} into {Path(runs) / budget}; run "
+    names = None if sections is None else [name.strip() for name in sections.split(",") if name.strip()]
+    written = run_analysis(budget, report, runs, names)
+    print(f"wrote {written}" if written else f"measured {', '.join(names)} into {Path(runs) / budget}; run "
           f"without --sections to write the document (it reuses these runs)")
 
 

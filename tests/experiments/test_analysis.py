@@ -129,7 +129,7 @@ def test_lm_verdict_without_variance_is_inconclusive_never_p_zero():
 def test_sections_measure_a_subset_into_the_cache_and_write_no_document(tmp_path, capsys):
     """`--sections`: a medium analysis measured section by section; unknown names refused in one line."""
     main(["analyze", "--budget", "tiny", "--out", str(tmp_path / "docs"), "--runs", str(tmp_path / "runs"),
-          "--sections", "[size]"])
+          "--sections", "size"])
     assert "measured size into" in capsys.readouterr().out
     assert not (tmp_path / "docs" / "analysis.md").exists()
     with pytest.raises(UsageError, match="unknown section.*copies.*choose from size, speed"):

@@ -98,6 +98,8 @@ def test_a_smoke_analysis_writes_under_runs_and_leaves_the_repositorys_docs_alon
     assert written == [("tiny", str(tmp_path / "runs" / "tiny" / "report"), str(tmp_path / "runs"), None)]
     main(["analyze", "--budget", "small", "--out", "docs", "--runs", str(tmp_path / "runs")])  # only when asked
     assert written[-1][1] == "docs"
+    main(["analyze", "--budget", "tiny", "--runs", str(tmp_path / "runs"), "--sections", "recall, copy"])
+    assert written[-1][3] == ["recall", "copy"]  # as README writes it: one word, comma-separated
 
 
 @pytest.mark.parametrize("words, message", [

@@ -648,6 +648,97 @@ def _verdict(f: dict, j: dict) -> dict:
     }
 
 
+def _ladder_rung(ladder: dict, share: int) -> str | None:
+    """The ladder rung (as is) with 1/`share` of the key/value heads, or None when the ladder has none."""
+    rungs = [n for n in ladder["verdicts"] if not n.endswith("+mlp")]
+    heads = {n: (1 if n == "mqa" else int(n.removeprefix("gqa"))) for n in rungs}
+    most = max(heads.values()) * 2  # the half rung has n_head / 2 heads
+    return next((n for n, h in heads.items() if h * share == most), None)
+
+
+def _judged(comparison: Comparison, p: float | None, claim: str, verdict: str) -> str:
+    """'claim: Δ [CI], p — **verdict**': one quality verdict with the numbers that decided it."""
+    return f"{claim}: {comparison.format(p=p)} — {bold(verdict)}"
+
+
+def _choice(found: dict, judged: dict) -> dict:
+    """The closing table "which variant for which job" at the 124M shape: parameters, KV GiB by formula (section 1),
+    decode time at the longest measured context (section 2), training throughput against full attention at the small
+    shape (sections 4, 4.4, 4.5) and the quality verdicts with the numbers that decided them; and what this budget
+    cannot tell, from the minimum detectable effects of every loss comparison."""
+    params = {(r["pos"], r["kv"], r["window"]): r["params"] for r in found["size"]}
+    kv = {r["name"]: r["gib"] for r in found["kv_memory"]}
+    decode = found["decode"]
+    longest = max(next(iter(decode.values())), key=int)
+    lm, ladder, win = judged["lm"], judged["ladder"], judged["windows"]
+    copy, passkey_j = judged["copy"], judged["passkey"]
+
+    def lm_claim(name: str, claim: str) -> str:
+        return _judged(lm["comparisons"][name], lm["adjusted"][name], f"{claim} (4)", lm["verdicts"][name])
+
+    def rung_claim(rung: str | None) -> str:
+        """The ladder's verdicts for `rung` as is and widened, and section 4's for its GQA-2 where that is the rung."""
+        if rung is None:
+            return "not in this budget's ladder"
+        heads = f"{found['ladder']['rungs'][rung]['n_kv']} of {found['ladder']['n_head']} K/V heads"
+        text = "; ".join(_judged(ladder["comparisons"][n], ladder["adjusted"][n],
+                                 f"{n} ({heads}) vs MHA, {_expectation(ladder['expected'][n])} (4.4)",
+                                 ladder["verdicts"][n]) for n in (rung, f"{rung}+mlp") if n in ladder["verdicts"])
+        return text + (f"; {lm_claim('gqa2', 'gqa2 costs')}" if rung == "gqa2" else "")
+
+    def speed(rung: str | None) -> str:
+        return "—" if rung is None else f"{ladder['throughput_change'][rung]:+.0%} ({rung}, 4.4)"
+
+    half, quarter = _ladder_rung(ladder, 2), _ladder_rung(ladder, 4)
+    hybrid_speed = win["tokens_per_sec"]["hybrid"] / win["tokens_per_sec"]["full"] - 1
+    small_speed = win["tokens_per_sec"]["small"] / win["tokens_per_sec"]["full"] - 1
+    rows = [  # job, variant, size key, KV row, decode row, training cost, quality
+        ("GPT-2 as released: its checkpoints, exact outputs, contexts ≤ 1,024", "MHA, learned positions",
+         ("learned", None, None), "MHA", "MHA", "the reference", "the reference"),
+        ("contexts past the training length; relative positions", "RoPE, MHA", ("rope", None, None), "MHA", "MHA",
+         f"{lm['throughput_change']['rope']:+.0%} (4)",
+         f"{lm_claim('rope', 'lower loss')}; position shift kept (3.3) — {bold(copy['shift']['verdict'])}; NTK-aware "
+         f"below raw past the training length (4.3) — {bold(judged['context_use']['verdict'])}"),
+        ("serving at long context or large batch, quality kept", "GQA-4 (a third of the heads)", ("rope", 4, None),
+         "GQA-4", "GQA-4", speed(half),
+         f"{rung_claim(half)}; GQA recalls as MHA (3.1) — {bold(judged['recall']['gqa'])}"),
+        ("the same, a smaller cache", "GQA-2 (a sixth)", ("rope", 2, None), "GQA-2", "GQA-2", speed(quarter),
+         rung_claim(quarter) if quarter != half else "the ladder's rungs: the row above"),
+        ("the smallest global cache", "MQA (one head)", ("rope", 1, None), "MQA", "MQA", speed("mqa"),
+         rung_claim("mqa" if "mqa" in ladder["verdicts"] else None)),
+        ("streaming at fixed memory, where only nearby text matters", "uniform window", ("rope", None, 1024),
+         "window 1024", "window 256", f"{lm['throughput_change']['window']:+.0%} (4); {small_speed:+.0%} (4.5)",
+         f"{lm_claim('window', 'costs little')}; nothing beyond its reach is retrieved (3.2, 4.5) — "
+         f"{held(passkey_j['falls'] and judged['windows']['unseen_beyond_reach'])}; small window vs full attention "
+         f"(4.5): {win['vs_full']['small'].format()}"),
+        ("long context that must still retrieve distant facts", "hybrid 3 local : 1 global", ("rope", None, None),
+         "hybrid 3:1, w 1024", "hybrid 3:1, w 256", f"{hybrid_speed:+.0%} (4.5)",
+         _judged(win["tests"]["hybrid", "full"], None, "equivalent to full attention (4.5)",
+                 win["verdicts"]["hybrid", "full"])
+         + f"; retrieves beyond the local reach (4.5) — {bold(win['global_retrieves'])}"),
+    ]
+    mha = decode["MHA"][longest]["ms"]
+    cells = []
+    for job, variant, key, kv_row, decode_row, cost, quality in rows:
+        d = decode[decode_row][longest]["ms"]
+        measured = "" if decode_row == kv_row or decode_row in variant else f" ({decode_row})"
+        gib = " / ".join(f"{kv[kv_row][f'{t}x1']:,.2f}" for t in size.KV_CONTEXTS)
+        cells.append([job, variant, f"{params[key] / 1e6:,.1f} M", gib, f"{d:.1f} ms ({d / mha:.2f}×){measured}",
+                      cost, quality])
+    comparisons = [*lm["comparisons"].values(), *ladder["comparisons"].values(), *win["vs_full"].values(),
+                   *win["tests"].values()]
+    mdes = [m for m in (c.minimum_detectable_effect() for c in comparisons) if m is not None]
+    detectable = (f"the smallest loss difference any comparison here could detect (80% power) was {min(mdes):.3f} "
+                  f"nats, the largest {max(mdes):.3f}" if mdes else "no loss comparison could be tested")
+    contexts = " / ".join(f"{t // 1024}k" for t in size.KV_CONTEXTS)
+    return {
+        "choice_table": table(["job", "variant (124M shape)", "parameters", f"KV GiB at {contexts} (batch 1, bf16)",
+                               f"decode per token at {int(longest):,} (vs MHA)", "training tokens/s vs full attention",
+                               "quality verdicts (Δ nats [95% CI], p — verdict; section)"], cells),
+        "choice_detectable": detectable,
+    }
+
+
 def render(budget: Budget, found: dict, judged: dict, header: dict) -> str:
     """The document: `found` and `judged` hold each section's findings and judgements (keys as `run.analyze` fills
     them), `header` the run's command, date, machine, wall time, code key and reuse line."""
@@ -674,5 +765,6 @@ def render(budget: Budget, found: dict, judged: dict, header: dict) -> str:
         **_uptraining(found["uptraining"], judged["uptraining"]),
         **_windows(budget, found["windows"], judged["windows"]),
         **_verdict(found, judged),
+        **_choice(found, judged),
     }
     return TEMPLATE.read_text().format_map(values)

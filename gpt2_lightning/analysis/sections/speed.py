@@ -13,7 +13,8 @@ from gpt2_lightning.config import GPTConfig
 from gpt2_lightning.model import GPT
 
 ATTENTION_KINDS = ("full causal", "window 256", "window 256, dense mask")
-DECODE_VARIANTS = {"MHA": {}, "GQA-4": {"n_kv_head": 4}, "MQA": {"n_kv_head": 1}, "window 256": {"sliding_window": 256},
+DECODE_VARIANTS = {"MHA": {}, "GQA-4": {"n_kv_head": 4}, "GQA-2": {"n_kv_head": 2}, "MQA": {"n_kv_head": 1},
+                   "window 256": {"sliding_window": 256},
                    "hybrid 3:1, w 256": {"sliding_window": [256, 256, 256, None]}}
 
 

@@ -66,17 +66,14 @@ class Budget:
 # tiny: ~20 s.
 _LM = dict(n_layer=4, n_head=8, n_embd=128, block_size=128, batch_size=16, vocab_size=4096, window=32)
 # The GQA ladder and uptraining (section 4.4) priced at ~0.19 s per optimizer step of this shape on 2 free cores
-# (11,069 tokens/s = 0.185 s, validation included, measured by the earlier analysis; 2026-12-02, with the machine
-# shared by 3 other jobs: 0.43 s of one core per step, 0.71 s wall — a pessimistic bound). medium: 7 rungs ×
-# 4 seeds × 480 steps = 13,440 steps ≈ 43 min (section 4's 20 runs among them), uptraining 2 seeds × 5 arms × 96
-# steps ≈ 3 min, plus validations beyond the 0.185 s's share (~0.06 s a batch: ~3 min): ≈ 50 min.
-# 4 seeds of 480 steps rather than 3 of 640 for the same time: the paired MDE is 2.13 sd of the per-seed differences
-# at 4 seeds and 3.26 at 3, so 3 longer runs win only if that sd falls by a third from 480 to 640 steps (not measured
-# here; unlikely for runs paired by data order and initialisation). Section 4 runs the ladder's steps and seeds, so
-# its MHA and GQA-2 runs are the ladder's: section 4 at 5 seeds × 1600 steps (25 runs, ~130 min at 0.19 s a step)
-# did not fit 3 hours beside the other sections; the ladder with section 4 is then 7 rungs × 4 seeds × 480 steps
-# ≈ 43 min, and uptraining 2 seeds × 5 arms × 96 steps ≈ 3 min. small: 7 × 3 × 120 + 2 × 5 × 40 = 2,920 steps
-# ≈ 9 min.
+# (11,069 tokens/s = 0.185 s, validation included, measured by the earlier analysis); one torch thread beside another
+# job runs it at ~2,500 tokens/s (measured 2026-12-02). Section 4 runs the ladder's steps and seeds, so its MHA and
+# GQA-2 runs are the ladder's: medium is 10 configurations (section 4's five and the ladder's five others) × 4 seeds ×
+# 320 steps = 12,800 steps ≈ 41 min, uptraining 2 seeds × 5 arms × 64 steps ≈ 2 min, plus validations. Section 4 at
+# 5 seeds × 1,600 steps (~130 min) or 4 × 480 (~61 min) did not fit 3 hours beside the other sections. 4 seeds of
+# fewer steps rather than 3 of more for the same time: the paired MDE is 2.13 sd of the per-seed differences at 4
+# seeds and 3.26 at 3, so 3 longer runs win only if that sd falls by a third (unlikely for runs paired by data order
+# and initialisation). small: 7 × 3 × 120 + 2 × 5 × 40 = 2,920 steps ≈ 9 min.
 # tiny: seconds (its ladder is section 4's runs plus 3 rungs × 2 seeds of 8 steps; uptraining one seed, 5 arms).
 
 # Sections 3.3–3.4 (RoPE's resolution), measured on this machine (2026-12-02). With the 2 cores free, a 1,000-step
@@ -119,7 +116,7 @@ BUDGETS = {
         recall_steps=1200, recall_lrs=(1.5e-3, 3e-3, 6e-3), recall_seeds=(1, 2, 3),
         probe_seeds=(1, 2, 3, 4, 5), passkey_steps=1000, copy_steps=180, probe_eval=512,
         rope_seeds=(1, 2, 3, 4, 5), induction_steps=1000, induction_seeds=(1, 2, 3),
-        corpus="reference", seeds=(1, 2, 3, 4), **_LM, steps=480, ladder_steps=480, ladder_seeds=(1, 2, 3, 4),
+        corpus="reference", seeds=(1, 2, 3, 4), **_LM, steps=320, ladder_steps=320, ladder_seeds=(1, 2, 3, 4),
         uptrain_seeds=(1, 2), eval_batches=32,
         passages=1000, attention_lengths=(512, 1024, 2048, 4096, 8192, 16384),
         decode_contexts=(1024, 2048, 4096, 8192), decode_repeats=5),

@@ -91,6 +91,12 @@ def test_analyze_tiny_writes_every_section_with_expectation_and_result(tmp_path,
     assert re.search(r"\| converted, first head \| \d\.\d+ ± \d\.\d+ \|( \d\.\d+ ± \d\.\d+ \|){4}", doc)
     # 8 copy steps never reach 90%: censored ("≥ 8"), not counted as finishing at step 8
     assert re.search(r"\| learned, head_dim 8 \| 8 \| — \| — \| ≥ 8 \| not reached \| — \|", doc)
+    # the closing table: every job's row with its exact sizes, its decode ratio and computed verdicts; and the limits
+    choice = doc[doc.index("### Which variant for which job"):doc.index("### What this budget cannot tell")]
+    assert re.search(r"\| long context that must still retrieve distant facts \| hybrid 3 local : 1 global \| 123\.7 M "
+                     r"\| 0\.10 / 0\.31 / 1\.15 \| [\d.]+ ms \([\d.]+×\) \(hybrid 3:1, w 256\) \|", choice)
+    assert len(re.findall(r"— \*\*(held|did not hold|inconclusive)\*\*", choice)) >= 10
+    assert re.search(r"could detect \(80% power\) was \d\.\d{3} nats, the largest \d\.\d{3}", doc)
     # a second call reuses every run it measured (no training: the same numbers), and says so
     main(["analyze", "--budget", "tiny", "--out", str(tmp_path / "again"), "--runs", str(tmp_path / "runs")])
     again = (tmp_path / "again" / "analysis.md").read_text()

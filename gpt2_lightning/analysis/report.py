@@ -648,12 +648,10 @@ def _verdict(f: dict, j: dict) -> dict:
     }
 
 
-def _ladder_rung(ladder: dict, share: int) -> str | None:
+def _ladder_rung(found: dict, share: int) -> str | None:
     """The ladder rung (as is) with 1/`share` of the key/value heads, or None when the ladder has none."""
-    rungs = [n for n in ladder["verdicts"] if not n.endswith("+mlp")]
-    heads = {n: (1 if n == "mqa" else int(n.removeprefix("gqa"))) for n in rungs}
-    most = max(heads.values()) * 2  # the half rung has n_head / 2 heads
-    return next((n for n, h in heads.items() if h * share == most), None)
+    return next((n for n, r in found["rungs"].items()
+                 if not r["widened"] and r["n_kv"] * share == found["n_head"]), None)
 
 
 def _judged(comparison: Comparison, p: float | None, claim: str, verdict: str) -> str:
@@ -689,7 +687,7 @@ def _choice(found: dict, judged: dict) -> dict:
     def speed(rung: str | None) -> str:
         return "—" if rung is None else f"{ladder['throughput_change'][rung]:+.0%} ({rung}, 4.4)"
 
-    half, quarter = _ladder_rung(ladder, 2), _ladder_rung(ladder, 4)
+    half, quarter = _ladder_rung(found["ladder"], 2), _ladder_rung(found["ladder"], 4)
     hybrid_speed = win["tokens_per_sec"]["hybrid"] / win["tokens_per_sec"]["full"] - 1
     small_speed = win["tokens_per_sec"]["small"] / win["tokens_per_sec"]["full"] - 1
     rows = [  # job, variant, size key, KV row, decode row, training cost, quality
